@@ -1,0 +1,41 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Airflow reads AIRFLOW_HOME at import: keep the demo's state inside the checkout, never in ~/airflow.
+export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
+
+.PHONY: setup demo test lint typecheck unit emulator bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+## The demo: start the bundled Unkey emulator and run the example migration DAG against it.
+demo: setup
+	$(BIN)/python -m example_dags.run_demo
+
+## The whole test suite, as CI runs it: lint, types, tests.
+test: setup lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider -q
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+## Run the emulator in the foreground (Ctrl-C to stop).
+emulator: setup
+	$(BIN)/python -m airflow_provider_unkey.testing --port 8787 --root-key unkey_root_demo --api-id api_demo --migration-id mig_demo
+
+bench: setup
+	$(BIN)/python benchmarks/emulator_throughput.py
+
+clean:
+	rm -rf $(VENV) airflow_home .mypy_cache .ruff_cache .pytest_cache
