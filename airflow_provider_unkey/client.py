@@ -27,7 +27,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from airflow_provider_unkey import __version__
@@ -98,8 +99,10 @@ class _Wait:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._backoff = wait_exponential_jitter(
-            initial=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
+        # wait_exponential + wait_random is stable across tenacity 8 and 9 (wait_exponential_jitter
+        # renamed its arguments in 9).
+        self._backoff = wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait) + wait_random(
+            0, policy.jitter
         )
 
     def __call__(self, state: RetryCallState) -> float:
