@@ -268,8 +268,9 @@ def test_duplicate_hash_500_not_retried_when_policy_says_so(emulator: UnkeyEmula
     assert len(emulator.requests) == 1
 
 
-def test_transient_server_errors_are_retried_to_success(emulator: UnkeyEmulator, client: UnkeyClient) -> None:
-    emulator.set_faults(error_rate=0.5, error_statuses=(500, 502, 503))
+def test_transient_server_errors_are_retried_to_success(emulator: UnkeyEmulator) -> None:
+    emulator.set_faults(error_rate=0.4, error_statuses=(500, 502, 503))
+    client = UnkeyClient(ROOT_KEY, emulator.url, retry=RetryPolicy(max_attempts=10, initial_wait=0.01, max_wait=0.05, jitter=0.01))
     for i in range(10):
         result = client.migrate_keys(MIGRATION_ID, API_ID, keys_for(f"sk_flaky_{i}"))
         assert len(result.migrated) == 1
@@ -284,7 +285,8 @@ def test_connection_resets_are_retried(emulator: UnkeyEmulator, client: UnkeyCli
     with pytest.raises(UnkeyTransportError):
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_reset"))
     assert len(emulator.requests) == FAST.max_attempts
-    emulator.set_faults(reset_rate=0.5)
+    emulator.set_faults(reset_rate=0.4)
+    client.retry = RetryPolicy(max_attempts=10, initial_wait=0.01, max_wait=0.05, jitter=0.01)
     for i in range(6):
         assert len(client.migrate_keys(MIGRATION_ID, API_ID, keys_for(f"sk_reset_{i}")).migrated) == 1
 

@@ -1099,7 +1099,7 @@ class UnkeyEmulator:
             index, store = self._index, self._keys
             for key, key_id in zip(keys, key_ids, strict=True):
                 h = key["hash"]
-                if h in index and index[h].workspace_id == workspace_id:
+                if h in index:
                     failed.append(h)
                     continue
                 get = key.get
