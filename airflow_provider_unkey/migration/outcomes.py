@@ -1,0 +1,171 @@
+"""Outcomes as data: every input row becomes exactly one row of ``migrated`` or ``failed``.
+
+:class:`OutcomeWriter` streams both to Parquet files as they arrive (a bounded buffer, then a row
+group), so memory does not grow with the input, and keeps the counts that the summary reconciles.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class Reason(StrEnum):
+    """Why a row was not migrated (a small closed set)."""
+
+    INVALID = "invalid"  #: failed validation before anything was sent
+    DUPLICATE_IN_SOURCE = "duplicate_in_source"  #: an earlier source row has the same hash
+    ALREADY_EXISTS = "already_exists"  #: Unkey answered it in ``failed``: the hash exists in Unkey
+    UNCONFIRMED = "unconfirmed"  #: in ``failed`` on a retry after a lost response: probably created by us
+    REJECTED_BY_API = "rejected_by_api"  #: Unkey refused the key itself (a 400 or a 500 for it alone)
+    GAVE_UP = "gave_up"  #: retries ran out (rate limit, server or network errors)
+    NOT_SENT = "not_sent"  #: the run stopped (a fatal error) before this row was sent
+
+
+class Stage(StrEnum):
+    """Where in the pipeline a row's outcome was decided."""
+
+    VALIDATE = "validate"
+    DEDUPLICATE = "deduplicate"
+    SEND = "send"
+
+
+MIGRATED_SCHEMA = pa.schema(
+    [
+        pa.field("hash", pa.string(), nullable=False),
+        pa.field("key_id", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("request_id", pa.string()),
+    ]
+)
+FAILED_SCHEMA = pa.schema(
+    [
+        pa.field("hash", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("request_id", pa.string()),
+    ]
+)
+
+
+class _ParquetStream:
+    """Rows appended in small lists, written to one Parquet file in row groups."""
+
+    def __init__(self, path: Path, schema: pa.Schema, flush_rows: int) -> None:
+        self.path = path
+        self.schema = schema
+        self.flush_rows = flush_rows
+        self._columns: dict[str, list[object]] = {name: [] for name in schema.names}
+        self._pending = 0
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def append(self, **columns: Sequence[object]) -> None:
+        n = len(next(iter(columns.values())))
+        for name in self.schema.names:
+            values = columns.get(name)
+            self._columns[name].extend(values if values is not None else [None] * n)
+        self._pending += n
+        if self._pending >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_pydict(self._columns, schema=self.schema)
+        self._writer.write_table(table)
+        self._columns = {name: [] for name in self.schema.names}
+        self._pending = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+class OutcomeWriter:
+    """Records outcomes to ``migrated.parquet`` and ``failed.parquet`` in ``directory``.
+
+    Thread-safe: the engine's workers may record concurrently.
+
+    :param directory: a local directory (created if missing).
+    :param flush_rows: rows buffered before a row group is written.
+    """
+
+    def __init__(self, directory: str | Path, flush_rows: int = 50_000) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._migrated = _ParquetStream(self.directory / "migrated.parquet", MIGRATED_SCHEMA, flush_rows)
+        self._failed = _ParquetStream(self.directory / "failed.parquet", FAILED_SCHEMA, flush_rows)
+        self.migrated_count = 0
+        self.failed_by_reason: Counter[str] = Counter()
+        self._closed = False
+
+    @property
+    def migrated_path(self) -> Path:
+        return self._migrated.path
+
+    @property
+    def failed_path(self) -> Path:
+        return self._failed.path
+
+    @property
+    def failed_count(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+    @property
+    def total(self) -> int:
+        """Rows with an outcome so far."""
+        return self.migrated_count + self.failed_count
+
+    def migrated(
+        self, hashes: Sequence[str], key_ids: Sequence[str], rows: Sequence[int], request_id: str | None
+    ) -> None:
+        """Record keys Unkey created."""
+        if not hashes:
+            return
+        with self._lock:
+            self._migrated.append(
+                hash=hashes, key_id=key_ids, source_row=rows, request_id=[request_id] * len(hashes)
+            )
+            self.migrated_count += len(hashes)
+
+    def failed(
+        self,
+        hashes: Sequence[str | None],
+        rows: Sequence[int],
+        reason: Reason,
+        stage: Stage,
+        details: Sequence[str | None] | str | None,
+        request_id: str | None = None,
+    ) -> None:
+        """Record rows that were not migrated, with one reason and a detail each (or one for all)."""
+        n = len(rows)
+        if not n:
+            return
+        detail_list = [details] * n if details is None or isinstance(details, str) else list(details)
+        with self._lock:
+            self._failed.append(
+                hash=hashes,
+                reason=[reason.value] * n,
+                stage=[stage.value] * n,
+                detail=detail_list,
+                source_row=rows,
+                request_id=[request_id] * n,
+            )
+            self.failed_by_reason[reason.value] += n
+
+    def close(self) -> None:
+        """Write what is buffered and close both files."""
+        with self._lock:
+            if not self._closed:
+                self._migrated.close()
+                self._failed.close()
+                self._closed = True
