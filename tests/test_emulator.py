@@ -208,7 +208,10 @@ def test_every_schema_violation_is_listed(emu: UnkeyEmulator) -> None:
         (b"{not json", "body"),
         (b"", "body"),
         (b"[]", "body"),
-        (b'{"migrationId": "mig_test", "apiId": "api_test", "keys": [{"hash": "abc", "expires": NaN}]}', "body"),
+        (
+            b'{"migrationId": "mig_test", "apiId": "api_test", "keys": [{"hash": "abc", "expires": NaN}]}',
+            "body",
+        ),
         (b'{"migrationId": "mig_\xff", "apiId": "api_test", "keys": [{"hash": "abc"}]}', "body"),
         (b'{"migrationId": "mig_test", "apiId": "api_test", "keys": []}', "body.keys"),
     ],
