@@ -83,6 +83,9 @@ _PERMISSION_RE = re.compile(r"[a-zA-Z0-9_:\-\.\*]+\Z")
 
 #: Hash formats by migration algorithm, see :func:`hash_format_violation`.
 SHA256_BASE64_RE = re.compile(r"[A-Za-z0-9+/]{43}=\Z")
+#: 32 bytes are 256 bits: the 43rd base64 character carries the last 4 bits and two zero bits, so it is
+#: one of these 16; a hash of the shape above with any other one is the base64 of no SHA-256 digest.
+_SHA256_BASE64_LAST_CHARS = frozenset("AEIMQUYcgkosw048")
 SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
 ALGORITHM_SHA256 = "sha256"
 ALGORITHM_SEAM = "github.com/seamapi/prefixed-api-key"
@@ -126,9 +129,7 @@ def _is_array(v: Any) -> bool:
     return isinstance(v, list | tuple)
 
 
-def _check_string(
-    out: list[Violation], v: Any, loc: str, min_len: int, max_len: int | None = None
-) -> bool:
+def _check_string(out: list[Violation], v: Any, loc: str, min_len: int, max_len: int | None = None) -> bool:
     if not _is_string(v):
         out.append(Violation(loc, "must be a string"))
         return False
@@ -188,9 +189,12 @@ def _check_string_list(
         out.append(Violation(loc, f"must have at most {max_items} items"))
     for i, item in enumerate(v):
         item_loc = f"{loc}[{i}]"
-        if _check_string(out, item, item_loc, min_len, max_len) and pattern is not None:
-            if not pattern.match(item):
-                out.append(Violation(item_loc, f"must match the pattern {PERMISSION_PATTERN}"))
+        if (
+            _check_string(out, item, item_loc, min_len, max_len)
+            and pattern is not None
+            and not pattern.match(item)
+        ):
+            out.append(Violation(item_loc, f"must match the pattern {PERMISSION_PATTERN}"))
 
 
 def _check_credits(out: list[Violation], v: Any, loc: str) -> None:
@@ -230,7 +234,9 @@ def _check_ratelimits(out: list[Violation], v: Any, loc: str) -> None:
         # The spec leaves RatelimitRequest open (no additionalProperties: false).
         _check_required(out, rl, RATELIMIT_FIELDS, rloc)
         if "name" in rl:
-            _check_string(out, rl["name"], f"{rloc}.name", RATELIMIT_NAME_MIN_LENGTH, RATELIMIT_NAME_MAX_LENGTH)
+            _check_string(
+                out, rl["name"], f"{rloc}.name", RATELIMIT_NAME_MIN_LENGTH, RATELIMIT_NAME_MAX_LENGTH
+            )
         if "limit" in rl:
             _check_integer(out, rl["limit"], f"{rloc}.limit", RATELIMIT_LIMIT_MIN)
         if "duration" in rl:
@@ -257,7 +263,9 @@ def key_schema_violations(key: Any, loc: str = "body.keys[0]") -> list[Violation
     if "name" in key:
         _check_string(out, key["name"], f"{loc}.name", NAME_MIN_LENGTH, NAME_MAX_LENGTH)
     if "externalId" in key:
-        _check_string(out, key["externalId"], f"{loc}.externalId", EXTERNAL_ID_MIN_LENGTH, EXTERNAL_ID_MAX_LENGTH)
+        _check_string(
+            out, key["externalId"], f"{loc}.externalId", EXTERNAL_ID_MIN_LENGTH, EXTERNAL_ID_MAX_LENGTH
+        )
     if "meta" in key:
         meta = key["meta"]
         if not _is_object(meta):
@@ -265,7 +273,9 @@ def key_schema_violations(key: Any, loc: str = "body.keys[0]") -> list[Violation
         elif len(meta) > META_MAX_PROPERTIES:
             out.append(Violation(f"{loc}.meta", f"must have at most {META_MAX_PROPERTIES} properties"))
     if "roles" in key:
-        _check_string_list(out, key["roles"], f"{loc}.roles", ROLES_MAX_ITEMS, ROLE_MIN_LENGTH, ROLE_MAX_LENGTH)
+        _check_string_list(
+            out, key["roles"], f"{loc}.roles", ROLES_MAX_ITEMS, ROLE_MIN_LENGTH, ROLE_MAX_LENGTH
+        )
     if "permissions" in key:
         _check_string_list(
             out,
@@ -373,7 +383,8 @@ def server_violations(body: Mapping[str, Any]) -> list[Violation]:
     """What the server rejects in a schema-valid body beyond the schema.
 
     :param body: a body that :func:`schema_violations` accepts.
-    :return: violations, each with its status; a 400 wins over a 500 (it is found first).
+    :return: violations, each with its status; every 400 comes before every 500 (the server decodes
+        and checks every key before it inserts any), so the first one's status is the answer.
     """
     out: list[Violation] = []
     seen: dict[str, int] = {}
@@ -386,7 +397,8 @@ def server_violations(body: Mapping[str, Any]) -> list[Violation]:
             )
         else:
             seen[h] = i
-    return out
+    # Stable: in key order within each status.
+    return sorted(out, key=lambda v: v.status)
 
 
 def hash_format_violation(hash_value: str, algorithm: str) -> str | None:
@@ -400,7 +412,12 @@ def hash_format_violation(hash_value: str, algorithm: str) -> str | None:
     """
     if algorithm == ALGORITHM_SHA256:
         if SHA256_BASE64_RE.match(hash_value):
-            return None
+            if hash_value[42] in _SHA256_BASE64_LAST_CHARS:
+                return None
+            return (
+                "is not canonical base64: its last character before '=' has stray bits, so it is the "
+                "base64 of no SHA-256 digest"
+            )
         if SHA256_HEX_RE.match(hash_value):
             return "is hex; a sha256 migration wants the base64 of the SHA-256 digest (44 characters ending in '=')"
         return "is not the base64 of a SHA-256 digest (44 characters ending in '=')"

@@ -1,0 +1,303 @@
+"""Unit tests of what the server rejects beyond the schema (:func:`rules.server_violations`) and of the
+hash shape check (:func:`rules.hash_format_violation`). The schema side is in
+``test_rules_differential.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pytest
+
+from airflow_provider_unkey import rules
+
+# Plaintext keys as a provider would have issued them; their digests are computed, never pasted.
+PLAINTEXTS = [
+    "sk_live_51Hq8d2eZvKYlo2C0a8xQh7",
+    "acme_01GVDPRNNV4P4593VH1A0DR7RN_1372dpVKCbEvLfM6nMsDL75GrspAj2osNVyp5RLM2s5oTjiBm",
+    "",
+    "ünïcödé-key-😀",
+    *(f"key-{i}" for i in range(40)),
+]
+
+
+def sha256_base64(plaintext: str) -> str:
+    """Unkey's native format: padded standard base64 of the SHA-256 digest."""
+    return base64.b64encode(hashlib.sha256(plaintext.encode()).digest()).decode()
+
+
+def sha256_hex(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def key(i: int = 0, **fields: Any) -> dict[str, Any]:
+    """A schema-valid key object with a real hash."""
+    return {"hash": sha256_base64(f"key-{i}"), **fields}
+
+
+def body(*keys: dict[str, Any]) -> dict[str, Any]:
+    """A schema-valid body (checked: ``server_violations`` is only defined for those)."""
+    out = {"migrationId": "your_company", "apiId": "api_123456789", "keys": list(keys) or [key()]}
+    assert rules.schema_violations(out) == [], rules.schema_violations(out)
+    return out
+
+
+def where(violations: list[rules.Violation]) -> list[tuple[str, int]]:
+    return [(v.location, v.status) for v in violations]
+
+
+# --- server_violations -------------------------------------------------------------------------------
+def test_a_plain_body_has_no_server_violation() -> None:
+    """Every optional field, set the way the server accepts it."""
+    full = key(
+        name="n",
+        externalId="user_1",
+        meta={"a": 1.5},
+        roles=["admin", "reader"],
+        permissions=["docs.read", "docs.read"],  # permissions are upserted: duplicates are fine
+        expires=4_102_444_800_000,
+        enabled=True,
+        credits={
+            "remaining": rules.INT64_MAX,
+            "refill": {"interval": "monthly", "amount": 1, "refillDay": 31},
+        },
+        ratelimits=[
+            {"name": "requests", "limit": rules.INT64_MAX, "duration": 1000, "autoApply": True},
+            {"name": "requests", "limit": 1, "duration": 60_000, "autoApply": False},  # upserted too
+        ],
+    )
+    assert rules.server_violations(body(full, key(1), key(2, credits={"remaining": None}))) == []
+
+
+def test_monthly_refill_without_refill_day_is_one_400() -> None:
+    refill = {"interval": "monthly", "amount": 100}
+    violations = rules.server_violations(body(key(0), key(1, credits={"remaining": 5, "refill": refill})))
+    assert where(violations) == [("body.keys[1].credits.refill.refillDay", 400)]
+    assert violations[0].fix is not None and "refillDay" in violations[0].fix
+
+
+@pytest.mark.parametrize(
+    "refill",
+    [
+        {"interval": "monthly", "amount": 100, "refillDay": 1},
+        {"interval": "daily", "amount": 100},
+        {"interval": "daily", "amount": 100, "refillDay": 15},
+    ],
+)
+def test_refills_the_server_accepts(refill: dict[str, Any]) -> None:
+    assert rules.server_violations(body(key(credits={"remaining": 5, "refill": refill}))) == []
+
+
+def test_duplicate_role_is_a_500_at_the_second_occurrence() -> None:
+    violations = rules.server_violations(body(key(0), key(1, roles=["admin", "reader", "admin"])))
+    assert where(violations) == [("body.keys[1].roles[2]", 500)]
+    assert "admin" in violations[0].message
+
+
+def test_each_repeat_of_a_role_is_reported() -> None:
+    violations = rules.server_violations(body(key(roles=["a", "a", "b", "a"])))
+    assert where(violations) == [("body.keys[0].roles[1]", 500), ("body.keys[0].roles[3]", 500)]
+
+
+def test_roles_differing_in_case_are_not_duplicates() -> None:
+    assert rules.server_violations(body(key(roles=["admin", "Admin"]))) == []
+
+
+def test_duplicate_hash_in_one_body_is_a_500_naming_both_indexes() -> None:
+    same = sha256_base64("shared")
+    violations = rules.server_violations(body(key(0, hash=same), key(1), key(2, hash=same)))
+    assert where(violations) == [("body.keys[2].hash", 500)]
+    assert "body.keys[0]" in violations[0].message
+
+
+def test_a_hash_three_times_is_two_duplicates_of_the_first() -> None:
+    same = sha256_base64("shared")
+    violations = rules.server_violations(body(key(hash=same), key(hash=same), key(hash=same)))
+    assert where(violations) == [("body.keys[1].hash", 500), ("body.keys[2].hash", 500)]
+    assert all("body.keys[0]" in v.message for v in violations)
+
+
+@pytest.mark.parametrize(("length", "ok"), [(3, True), (256, True), (257, False), (10_000, False)])
+def test_hash_longer_than_its_column_is_a_500(length: int, ok: bool) -> None:
+    violations = rules.server_violations(body(key(hash="h" * length)))
+    assert where(violations) == ([] if ok else [("body.keys[0].hash", 500)])
+
+
+def test_hash_length_counts_characters_not_bytes() -> None:
+    """``varchar(256)`` holds 256 characters, however many bytes they take."""
+    assert rules.server_violations(body(key(hash="😀" * 256))) == []
+    assert where(rules.server_violations(body(key(hash="😀" * 257)))) == [("body.keys[0].hash", 500)]
+
+
+INT_FIELDS = [
+    ("expires", lambda v: key(expires=v), "body.keys[0].expires", 31),
+    ("remaining", lambda v: key(credits={"remaining": v}), "body.keys[0].credits.remaining", 31),
+    (
+        "amount",
+        lambda v: key(credits={"remaining": 1, "refill": {"interval": "daily", "amount": v}}),
+        "body.keys[0].credits.refill.amount",
+        31,
+    ),
+    (
+        "refillDay",
+        lambda v: key(
+            credits={"remaining": 1, "refill": {"interval": "monthly", "amount": 1, "refillDay": v}}
+        ),
+        "body.keys[0].credits.refill.refillDay",
+        31,
+    ),
+    (
+        "limit",
+        lambda v: key(ratelimits=[{"name": "abc", "limit": v, "duration": 1000, "autoApply": True}]),
+        "body.keys[0].ratelimits[0].limit",
+        31,
+    ),
+    (
+        "duration",
+        lambda v: key(ratelimits=[{"name": "abc", "limit": 1, "duration": v, "autoApply": True}]),
+        "body.keys[0].ratelimits[0].duration",
+        1000,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "location", "value"), [pytest.param(m, loc, v, id=n) for n, m, loc, v in INT_FIELDS]
+)
+def test_a_float_integer_is_a_400(make: Any, location: str, value: int) -> None:
+    """JSON Schema calls ``31.0`` an integer; Go's ``int64`` decoder does not."""
+    assert rules.server_violations(body(make(value))) == []
+    assert where(rules.server_violations(body(make(float(value))))) == [(location, 400)]
+
+
+@pytest.mark.parametrize(
+    ("make", "location"),
+    [
+        pytest.param(m, loc, id=n)
+        for n, m, loc, _ in INT_FIELDS
+        if n in ("remaining", "amount", "limit", "duration")
+    ],
+)
+def test_an_integer_above_int64_is_a_400(make: Any, location: str) -> None:
+    """The schema allows up to 9223372036854776000 (or has no maximum); ``int64`` stops at 2**63 - 1."""
+    assert rules.server_violations(body(make(rules.INT64_MAX))) == []
+    assert where(rules.server_violations(body(make(rules.INT64_MAX + 1)))) == [(location, 400)]
+    assert where(rules.server_violations(body(make(rules.CREDITS_MAX)))) == [(location, 400)]
+
+
+def test_a_400_comes_before_a_500_whatever_the_key_order() -> None:
+    """The server decodes and validates the whole body before it writes: a 400 anywhere wins, and
+    ``server_violations`` lists 400s first, so its first violation gives the status."""
+    violations = rules.server_violations(
+        body(key(0, roles=["a", "a"]), key(1, hash="h" * 300), key(2, expires=1.0), key(3, roles=["b", "b"]))
+    )
+    assert [v.status for v in violations] == [400, 500, 500, 500]
+    assert violations[0].location == "body.keys[2].expires"
+    # 500s keep their order.
+    assert [v.location for v in violations[1:]] == [
+        "body.keys[0].roles[1]",
+        "body.keys[1].hash",
+        "body.keys[3].roles[1]",
+    ]
+
+
+def test_key_server_violations_takes_its_location() -> None:
+    assert where(rules.key_server_violations(key(roles=["x", "x"]), "body.keys[41]")) == [
+        ("body.keys[41].roles[1]", 500)
+    ]
+
+
+# --- hash_format_violation -------------------------------------------------------------------------
+@pytest.mark.parametrize("plaintext", PLAINTEXTS)
+def test_base64_sha256_fits_a_sha256_migration(plaintext: str) -> None:
+    h = sha256_base64(plaintext)
+    assert len(h) == 44 and h.endswith("=")
+    assert rules.hash_format_violation(h, rules.ALGORITHM_SHA256) is None
+
+
+@pytest.mark.parametrize("plaintext", PLAINTEXTS[:4])
+@pytest.mark.parametrize("case", [str.lower, str.upper])
+def test_hex_sha256_is_refused_for_sha256_and_the_message_says_hex(plaintext: str, case: Any) -> None:
+    message = rules.hash_format_violation(case(sha256_hex(plaintext)), rules.ALGORITHM_SHA256)
+    assert message is not None and "hex" in message and "base64" in message
+
+
+@pytest.mark.parametrize("plaintext", PLAINTEXTS[:4])
+@pytest.mark.parametrize("case", [str.lower, str.upper])
+def test_hex_sha256_fits_the_seam_algorithm(plaintext: str, case: Any) -> None:
+    assert rules.hash_format_violation(case(sha256_hex(plaintext)), rules.ALGORITHM_SEAM) is None
+
+
+@pytest.mark.parametrize("plaintext", PLAINTEXTS[:4])
+def test_base64_is_refused_for_the_seam_algorithm(plaintext: str) -> None:
+    message = rules.hash_format_violation(sha256_base64(plaintext), rules.ALGORITHM_SEAM)
+    assert message is not None and "hex" in message
+
+
+def _with_url_safe_char() -> str:
+    """The standard base64 of a real digest that holds a '+' or '/'."""
+    return next(h for h in map(sha256_base64, PLAINTEXTS) if "+" in h or "/" in h)
+
+
+@pytest.mark.parametrize(
+    ("shape", "value"),
+    [
+        ("unpadded", sha256_base64("k").rstrip("=")),
+        ("url-safe alphabet", _with_url_safe_char().replace("+", "-").replace("/", "_")),
+        ("trailing newline", sha256_base64("k") + "\n"),
+        ("leading space", " " + sha256_base64("k")),
+        ("sha512", base64.b64encode(hashlib.sha512(b"k").digest()).decode()),
+        ("sha1", base64.b64encode(hashlib.sha1(b"k").digest()).decode()),
+        ("md5 hex", hashlib.md5(b"k").hexdigest()),
+        ("plaintext", "sk_live_51Hq8d2eZvKYlo2C0a8xQh7"),
+        ("empty", ""),
+    ],
+)
+def test_other_shapes_are_refused_for_sha256(shape: str, value: str) -> None:
+    message = rules.hash_format_violation(value, rules.ALGORITHM_SHA256)
+    assert message is not None and "base64" in message
+
+
+@pytest.mark.parametrize(
+    ("shape", "value"),
+    [
+        ("63 hex", sha256_hex("k")[:63]),
+        ("65 hex", sha256_hex("k") + "0"),
+        ("trailing newline", sha256_hex("k") + "\n"),
+        ("prefixed", "0x" + sha256_hex("k")),
+        ("sha512 hex", hashlib.sha512(b"k").hexdigest()),
+        ("non-hex letter", "g" + sha256_hex("k")[1:]),
+    ],
+)
+def test_other_shapes_are_refused_for_seam(shape: str, value: str) -> None:
+    assert rules.hash_format_violation(value, rules.ALGORITHM_SEAM) is not None
+
+
+def test_non_canonical_base64_is_refused_for_sha256() -> None:
+    """44 characters of the right alphabet whose last one before '=' sets bits no 32-byte digest sets:
+    the base64 of no SHA-256 digest, so the key could never verify."""
+    real = sha256_base64("k")
+    for tail in set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"):
+        message = rules.hash_format_violation(real[:42] + tail + "=", rules.ALGORITHM_SHA256)
+        if tail in "AEIMQUYcgkosw048":
+            assert message is None, tail
+        else:
+            assert message is not None and "canonical" in message, tail
+            # Still the loose shape other modules test for (they give their own hint for it).
+            assert rules.SHA256_BASE64_RE.match(real[:42] + tail + "=")
+
+
+def test_real_digests_end_in_every_canonical_tail() -> None:
+    """The canonical tails are exactly the ones real digests produce."""
+    tails = {sha256_base64(f"tail-{i}")[42] for i in range(2000)}
+    assert tails == set("AEIMQUYcgkosw048")
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["sha512", "SHA256", "bcrypt", "", "github.com/seamapi/prefixed-api-key/"]
+)
+def test_unknown_algorithm_raises(algorithm: str) -> None:
+    with pytest.raises(ValueError, match="unknown migration algorithm"):
+        rules.hash_format_violation(sha256_base64("k"), algorithm)
