@@ -26,7 +26,12 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {"integration-name": "Unkey", "python-modules": ["airflow_provider_unkey.hooks.unkey"]},
         ],
-        "operators": [],
+        "operators": [
+            {
+                "integration-name": "Unkey",
+                "python-modules": ["airflow_provider_unkey.operators.migrate_keys"],
+            },
+        ],
         "connection-types": [
             {
                 "connection-type": "unkey",

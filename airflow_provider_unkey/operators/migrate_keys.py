@@ -1,0 +1,317 @@
+"""``MigrateKeysOperator``: move pre-hashed keys from Parquet or SQL into Unkey, every key accounted for."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_unkey.hooks.unkey import UnkeyHook
+from airflow_provider_unkey.migration.engine import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_REQUEST_BYTES,
+    MigrationAborted,
+    MigrationSummary,
+    run_migration,
+)
+from airflow_provider_unkey.migration.hashes import HASH_FORMATS, canonical_algorithm
+from airflow_provider_unkey.migration.outcomes import Reason
+from airflow_provider_unkey.migration.prepare import KEY_FIELD_PATHS
+from airflow_provider_unkey.rules import MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+_UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+class MigrateKeysOperator(BaseOperator):
+    """Migrate pre-hashed API keys into Unkey from Parquet or SQL.
+
+    Rows stream through in Arrow record batches: mapped to Unkey's key fields, validated against
+    Unkey's rules, deduplicated across the whole source, packed into requests by count and bytes and
+    sent concurrently. Every row ends in exactly one outcome, written to ``migrated.parquet`` and
+    ``failed.parquet`` under ``output_path`` (and to SQL tables when ``output_conn_id`` is set).
+
+    Exactly one source:
+
+    :param parquet_path: a Parquet file, a directory (dataset), a glob, or a list of files; a local
+        path or any ``ObjectStoragePath`` URI (``file://``, ``s3://conn_id@bucket/...``). Templated.
+    :param parquet_row_groups: read only these row groups (``{file: [indexes]}``), as produced by the
+        partition helper.
+    :param sql: a query (templated; a path ending in ``.sql`` is read as a template).
+    :param sql_conn_id: the common-sql connection to run ``sql`` on.
+    :param sql_parameters: parameters for ``sql``.
+
+    Mapping and formats:
+
+    :param column_mapping: Unkey field -> source column, for any of ``hash``, ``name``,
+        ``externalId``, ``meta``, ``roles``, ``permissions``, ``expires``, ``enabled``,
+        ``credits.remaining``, ``credits.refill.interval``, ``credits.refill.amount``,
+        ``credits.refill.refillDay``, ``ratelimits``. Unmapped fields are not sent. Default: every
+        field whose name is a column of the source.
+    :param hash_format: what the hash column holds: ``sha256_base64`` (default) or ``sha256_hex``.
+    :param algorithm: the migration's algorithm: ``sha256`` (Unkey's native; base64 goes on the wire,
+        hex is converted) or ``github.com/seamapi/prefixed-api-key`` (alias ``seam``; hex on the wire).
+    :param list_delimiter: separates roles and permissions held in one text column.
+
+    Sending:
+
+    :param migration_id: the migration id Unkey support set up. Templated.
+    :param api_id: the API the keys go to. Templated.
+    :param unkey_conn_id: the ``unkey`` connection.
+    :param batch_size: keys per request.
+    :param max_request_bytes: bytes per request body, well below Unkey's 10 MiB.
+    :param max_concurrency: requests in flight at once in this task. With an Airflow ``pool``, the task
+        takes ``max_concurrency`` slots (unless ``pool_slots`` is given), so the pool's size bounds the
+        concurrent requests of all tasks that share it, mapped ones included.
+    :param dry_run: read, validate, deduplicate and batch; report what would be sent; call nothing.
+
+    Outputs:
+
+    :param output_path: a local directory or ``ObjectStoragePath`` URI for ``migrated.parquet`` and
+        ``failed.parquet``. Templated. Default: ``$AIRFLOW_HOME/unkey_migrations/<dag>/<run>/<task>``.
+    :param output_conn_id: a common-sql connection to also append the outcomes to tables.
+    :param output_table_prefix: the tables are ``<prefix>_migrated`` and ``<prefix>_failed``. Templated.
+    :param xcom_max_rows: push the ``migrated`` and ``failed`` frames to XCom when they have at most
+        this many rows; above it, push their URIs instead.
+    :param max_invalid_ratio: fail the task (after writing its outputs) when more than this share of
+        rows is invalid.
+    :param max_failed_ratio: fail the task (after writing its outputs) when more than this share of
+        rows failed for any reason.
+    :param progress_interval: seconds between progress lines in the task log.
+    :return: a summary: ``total``, ``migrated``, ``failed``, ``failed_by_reason``, durations, keys/s,
+        output URIs.
+    """
+
+    template_fields: Sequence[str] = (
+        "migration_id",
+        "api_id",
+        "parquet_path",
+        "sql",
+        "sql_parameters",
+        "output_path",
+        "output_table_prefix",
+        "column_mapping",
+    )
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql", "column_mapping": "json"}
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        migration_id: str,
+        api_id: str,
+        unkey_conn_id: str = UnkeyHook.default_conn_name,
+        parquet_path: str | list[str] | None = None,
+        parquet_row_groups: dict[str, list[int]] | None = None,
+        sql: str | None = None,
+        sql_conn_id: str | None = None,
+        sql_parameters: dict[str, Any] | Sequence[Any] | None = None,
+        column_mapping: dict[str, str] | None = None,
+        hash_format: str = "sha256_base64",
+        algorithm: str = "sha256",
+        list_delimiter: str = ",",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        output_path: str | None = None,
+        output_conn_id: str | None = None,
+        output_table_prefix: str | None = None,
+        xcom_max_rows: int = 10_000,
+        dry_run: bool = False,
+        max_invalid_ratio: float | None = None,
+        max_failed_ratio: float | None = None,
+        progress_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("pool") and "pool_slots" not in kwargs:
+            kwargs["pool_slots"] = max_concurrency
+        super().__init__(**kwargs)
+        if (parquet_path is None) == (sql is None):
+            raise ValueError("give exactly one source: parquet_path, or sql with sql_conn_id")
+        if sql is not None and not sql_conn_id:
+            raise ValueError("sql needs sql_conn_id: the common-sql connection to run it on")
+        if hash_format not in HASH_FORMATS:
+            raise ValueError(f"hash_format must be one of {HASH_FORMATS}, got {hash_format!r}")
+        canonical_algorithm(algorithm)  # raises on an unknown algorithm
+        if column_mapping is not None and not isinstance(column_mapping, str):
+            unknown = sorted(set(column_mapping) - set(KEY_FIELD_PATHS))
+            if unknown:
+                raise ValueError(
+                    f"column_mapping names unknown key fields {unknown}; the fields are {KEY_FIELD_PATHS}"
+                )
+        if batch_size < 1 or max_concurrency < 1:
+            raise ValueError("batch_size and max_concurrency must be at least 1")
+        if not 1024 <= max_request_bytes <= MAX_BODY_BYTES:
+            raise ValueError(f"max_request_bytes must be between 1024 and {MAX_BODY_BYTES}")
+        for name, ratio in (("max_invalid_ratio", max_invalid_ratio), ("max_failed_ratio", max_failed_ratio)):
+            if ratio is not None and not 0 <= ratio <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
+        if bool(output_conn_id) != bool(output_table_prefix):
+            raise ValueError("output_conn_id and output_table_prefix go together")
+        self.migration_id = migration_id
+        self.api_id = api_id
+        self.unkey_conn_id = unkey_conn_id
+        self.parquet_path = parquet_path
+        self.parquet_row_groups = parquet_row_groups
+        self.sql = sql
+        self.sql_conn_id = sql_conn_id
+        self.sql_parameters = sql_parameters
+        self.column_mapping = column_mapping
+        self.hash_format = hash_format
+        self.algorithm = algorithm
+        self.list_delimiter = list_delimiter
+        self.batch_size = batch_size
+        self.max_request_bytes = max_request_bytes
+        self.max_concurrency = max_concurrency
+        self.output_path = output_path
+        self.output_conn_id = output_conn_id
+        self.output_table_prefix = output_table_prefix
+        self.xcom_max_rows = xcom_max_rows
+        # BaseOperator already has a dry_run() method: keep the flag under another name.
+        self.send_nothing = dry_run
+        self.max_invalid_ratio = max_invalid_ratio
+        self.max_failed_ratio = max_failed_ratio
+        self.progress_interval = progress_interval
+
+    # --- pieces ----------------------------------------------------------------------------------------
+    def _source(self) -> tuple[Iterable[pa.RecordBatch], int | None]:
+        from airflow_provider_unkey.operators import io
+
+        if self.parquet_path is not None:
+            source = io.parquet_source(self.parquet_path, row_groups=self.parquet_row_groups)
+            return source, source.count_rows()
+        assert self.sql is not None and self.sql_conn_id is not None
+        return io.sql_source(self.sql, self.sql_conn_id, self.sql_parameters), None
+
+    def _default_output_path(self, context: Context) -> str:
+        home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
+        ti = context["ti"]
+        parts = [self.dag_id, context["run_id"], self.task_id]
+        map_index = getattr(ti, "map_index", -1)
+        if map_index is not None and map_index >= 0:
+            parts.append(f"map_{map_index}")
+        return str(home.joinpath("unkey_migrations", *(_UNSAFE_PATH_CHARS.sub("_", p) for p in parts)))
+
+    def _push_frames(
+        self, context: Context, summary: MigrationSummary, outputs: dict[str, str], local_dir: Path
+    ) -> None:
+        import pyarrow.parquet as pq
+
+        ti = context["ti"]
+        for name in ("migrated", "failed"):
+            rows = summary.migrated if name == "migrated" else summary.failed
+            if rows <= self.xcom_max_rows:
+                ti.xcom_push(key=name, value=pq.read_table(local_dir / f"{name}.parquet").to_pandas())
+            else:
+                self.log.info(
+                    "%s has %d rows, over xcom_max_rows=%d: pushing its URI to XCom instead (%s)",
+                    name,
+                    rows,
+                    self.xcom_max_rows,
+                    outputs[name],
+                )
+                ti.xcom_push(key=name, value=outputs[name])
+
+    # --- the task --------------------------------------------------------------------------------------
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_unkey.operators import io
+
+        output_path = self.output_path or self._default_output_path(context)
+        client = None
+        if not self.send_nothing:
+            client = UnkeyHook(self.unkey_conn_id, pool_size=self.max_concurrency).client
+        source, total = self._source()
+        work_dir = Path(tempfile.mkdtemp(prefix="unkey-migrate-"))
+        self.log.info(
+            "Migrating keys into API %s with migration %s (%s hashes on the wire); outputs to %s%s",
+            self.api_id,
+            self.migration_id,
+            canonical_algorithm(self.algorithm),
+            output_path,
+            " [dry run: nothing is sent]" if self.send_nothing else "",
+        )
+        aborted: MigrationAborted | None = None
+        try:
+            try:
+                summary = run_migration(
+                    source,
+                    client,
+                    self.migration_id,
+                    self.api_id,
+                    work_dir,
+                    column_mapping=self.column_mapping,
+                    hash_format=self.hash_format,
+                    algorithm=self.algorithm,
+                    list_delimiter=self.list_delimiter,
+                    batch_size=self.batch_size,
+                    max_request_bytes=self.max_request_bytes,
+                    max_concurrency=self.max_concurrency,
+                    dry_run=self.send_nothing,
+                    total_rows=total,
+                    progress_interval=self.progress_interval,
+                    emit=self.log.info,
+                )
+            except MigrationAborted as exc:
+                aborted = exc
+                summary = exc.summary  # type: ignore[attr-defined]
+            outputs = io.upload_outputs(work_dir, output_path)
+            summary.outputs = dict(outputs)
+            if self.output_conn_id and self.output_table_prefix:
+                tables = io.write_outcomes_to_sql(
+                    self.output_conn_id, self.output_table_prefix, context["run_id"], work_dir
+                )
+                summary.outputs.update(tables)
+            self._push_frames(context, summary, outputs, work_dir)
+        finally:
+            if client is not None:
+                client.close()
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+        result = summary.as_dict()
+        self.log.info(
+            "Done: %d rows, %d migrated, %d failed %s%s; %.0f keys/s over %.1fs. Outputs: %s",
+            summary.total,
+            summary.migrated,
+            summary.failed,
+            summary.failed_by_reason,
+            f", {summary.would_send} would be sent" if summary.dry_run else "",
+            summary.keys_per_second,
+            summary.duration_seconds,
+            summary.outputs,
+        )
+        if aborted is not None:
+            context["ti"].xcom_push(key="summary", value=result)
+            raise AirflowFailException(str(aborted))
+        self._check_ratios(summary, context, result)
+        return result
+
+    def _check_ratios(self, summary: MigrationSummary, context: Context, result: dict[str, Any]) -> None:
+        if not summary.total:
+            return
+        invalid = summary.failed_by_reason.get(Reason.INVALID.value, 0) / summary.total
+        failed = summary.failed / summary.total
+        problems = []
+        if self.max_invalid_ratio is not None and invalid > self.max_invalid_ratio:
+            problems.append(
+                f"{invalid:.2%} of rows are invalid, over max_invalid_ratio={self.max_invalid_ratio:.2%}"
+            )
+        if self.max_failed_ratio is not None and failed > self.max_failed_ratio:
+            problems.append(f"{failed:.2%} of rows failed, over max_failed_ratio={self.max_failed_ratio:.2%}")
+        if problems:
+            context["ti"].xcom_push(key="summary", value=result)
+            raise AirflowFailException(
+                "; ".join(problems)
+                + f". The outcomes are in {summary.outputs.get('failed', 'failed.parquet')}"
+            )

@@ -1,0 +1,393 @@
+"""MigrateKeysOperator end to end: ``dag.test()`` against the live emulator, Parquet and SQL sources.
+
+In every run the invariant holds (rows = migrated + failed) and the emulator received every valid hash
+exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_unkey.testing import UnkeyEmulator
+from tests import databases
+
+postgres_dsn = databases.postgres_dsn
+pytestmark = pytest.mark.slow
+
+ROOT_KEY = "unkey_root_test"
+EXPIRES = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+
+
+def b64(plaintext: str) -> str:
+    return base64.b64encode(hashlib.sha256(plaintext.encode()).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    from airflow.utils import db
+
+    db.initdb()
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[UnkeyEmulator]:
+    with UnkeyEmulator.quick(root_key=ROOT_KEY, api_id="api_test", migration_id="mig_test") as emu:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_UNKEY_DEFAULT",
+            json.dumps({"conn_type": "unkey", "host": emu.url, "password": ROOT_KEY}),
+        )
+        yield emu
+
+
+def run_dag(dag_id: str, tmp_path: Path, source: str, **conf: Any) -> tuple[str, dict[str, Any], Path]:
+    """Run a test DAG; return the migrate task's state, the report, and the output directory."""
+    import importlib
+
+    module = importlib.import_module("tests.dags.unkey_operator_test_dags")
+    dag = next(d for d in vars(module).values() if getattr(d, "dag_id", None) == dag_id)
+    output = tmp_path / "out"
+    report = tmp_path / "report.json"
+    run = dag.test(run_conf={"source": source, "output_path": str(output), "report": str(report), **conf})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states.get("report") == "success", states
+    return str(states["migrate"]), json.loads(report.read_text()), output
+
+
+def outcomes(output: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return (
+        pq.read_table(output / "migrated.parquet").to_pylist(),
+        pq.read_table(output / "failed.parquet").to_pylist(),
+    )
+
+
+def assert_accounted(
+    total: int, migrated: list[dict[str, Any]], failed: list[dict[str, Any]], emu: UnkeyEmulator
+) -> None:
+    """Every row has one outcome; every migrated hash reached Unkey exactly once."""
+    rows = sorted([m["source_row"] for m in migrated] + [f["source_row"] for f in failed])
+    assert rows == list(range(total))
+    for m in migrated:
+        assert emu.hash_counts[m["hash"]] == 1, m
+        assert emu.keys[m["hash"]].key_id == m["key_id"]
+    sent_again = {h: c for h, c in emu.hash_counts.items() if c != 1}
+    assert not sent_again, sent_again
+
+
+def simple_table(n: int, offset: int = 0) -> pa.Table:
+    return pa.table(
+        {
+            "hash": [b64(f"sk_simple_{offset + i}") for i in range(n)],
+            "name": [f"k{offset + i}" for i in range(n)],
+        }
+    )
+
+
+def all_fields_table(n: int) -> tuple[pa.Table, dict[int, str]]:
+    """Rows with every key field, and planted bad rows: row -> the field its detail must name."""
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "key_hash",
+            "label",
+            "owner",
+            "meta_json",
+            "role_list",
+            "scopes",
+            "expires_at",
+            "active",
+            "credits_left",
+            "refill_every",
+            "refill_amount",
+            "refill_day",
+            "limits",
+        )
+    }
+    for i in range(n):
+        monthly, daily = i % 3 == 0, i % 3 == 1
+        cols["key_hash"].append(b64(f"sk_all_{i}"))
+        cols["label"].append(f"key {i}")
+        cols["owner"].append(f"user_{i % 7}")
+        cols["meta_json"].append(json.dumps({"i": i, "plan": "pro"}))
+        cols["role_list"].append(["reader", "admin"] if i % 5 == 0 else ["reader"])
+        cols["scopes"].append("docs.read,docs.write")
+        cols["expires_at"].append(EXPIRES)
+        cols["active"].append(i % 4 != 0)
+        cols["credits_left"].append(100 + i)
+        cols["refill_every"].append("monthly" if monthly else "daily" if daily else None)
+        cols["refill_amount"].append(50 if monthly or daily else None)
+        cols["refill_day"].append(15 if monthly else None)
+        cols["limits"].append([{"name": "requests", "limit": 10, "duration": 60000, "autoApply": True}])
+    bad = {
+        3: "hash",
+        4: "hash",
+        5: "permissions[0]",
+        6: "roles[1]",
+        9: "credits.refill.refillDay",
+        10: "name",
+        12: "ratelimits[0].duration",
+    }
+    cols["key_hash"][3] = None
+    cols["key_hash"][4] = hashlib.sha256(b"sk_all_4").hexdigest()
+    cols["scopes"][5] = "docs read"
+    cols["role_list"][6] = ["a", "a"]
+    cols["refill_day"][9] = None
+    cols["label"][10] = "x" * 300
+    cols["limits"][12] = [{"name": "requests", "limit": 10, "duration": 10, "autoApply": True}]
+    cols["key_hash"][14] = cols["key_hash"][2]  # a duplicate of row 2
+    table = pa.table(
+        {
+            **{k: v for k, v in cols.items() if k not in ("expires_at", "limits")},
+            "expires_at": pa.array(cols["expires_at"], pa.timestamp("ms", tz="UTC")),
+            "limits": pa.array(
+                cols["limits"],
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("name", pa.string()),
+                            ("limit", pa.int64()),
+                            ("duration", pa.int64()),
+                            ("autoApply", pa.bool_()),
+                        ]
+                    )
+                ),
+            ),
+        }
+    )
+    return table, bad
+
+
+def test_parquet_every_field_round_trips(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path) -> None:
+    table, bad = all_fields_table(60)
+    path = tmp_path / "keys.parquet"
+    pq.write_table(table, path)
+    emulator.add_existing_hash(b64("sk_all_15"))
+    state, report, output = run_dag("unkey_t_parquet_all_fields", tmp_path, str(path))
+    assert state == "success"
+    summary = report["return_value"]
+    migrated, failed = outcomes(output)
+    assert summary["total"] == 60 == summary["migrated"] + summary["failed"]
+    assert summary["failed_by_reason"] == {"invalid": len(bad), "duplicate_in_source": 1, "already_exists": 1}
+    assert_accounted(60, migrated, failed, emulator)
+    by_row = {f["source_row"]: f for f in failed}
+    for row, field in bad.items():
+        assert by_row[row]["reason"] == "invalid" and by_row[row]["detail"].startswith(field), by_row[row]
+    assert by_row[14]["reason"] == "duplicate_in_source" and "row 2" in by_row[14]["detail"]
+    assert by_row[15]["reason"] == "already_exists" and by_row[15]["request_id"].startswith("req_")
+    # Every field as Unkey stored it.
+    stored = emulator.keys[b64("sk_all_0")].request_fields()
+    assert stored == {
+        "hash": b64("sk_all_0"),
+        "name": "key 0",
+        "externalId": "user_0",
+        "meta": {"i": 0, "plan": "pro"},
+        "roles": ["reader", "admin"],
+        "permissions": ["docs.read", "docs.write"],
+        "expires": int(EXPIRES.timestamp() * 1000),
+        "enabled": False,
+        "credits": {"remaining": 100, "refill": {"interval": "monthly", "amount": 50, "refillDay": 15}},
+        "ratelimits": [{"name": "requests", "limit": 10, "duration": 60000, "autoApply": True}],
+    }
+    assert emulator.keys[b64("sk_all_1")].request_fields()["credits"] == {
+        "remaining": 101,
+        "refill": {"interval": "daily", "amount": 50},
+    }
+    assert "refill" not in emulator.keys[b64("sk_all_2")].request_fields()["credits"]
+    # XCom: the frames, as they are small.
+    assert len(report["migrated"]["frame"]) == summary["migrated"]
+    assert len(report["failed"]["frame"]) == summary["failed"]
+
+
+@pytest.mark.parametrize("layout", ["file", "directory", "glob", "file_uri"])
+def test_parquet_layouts(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, layout: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for part in range(3):
+        pq.write_table(simple_table(40, offset=40 * part), data / f"part-{part}.parquet")
+    source = {
+        "file": str(data / "part-0.parquet"),
+        "directory": str(data),
+        "glob": str(data / "part-*.parquet"),
+        "file_uri": f"file://{data}",
+    }[layout]
+    expected = 40 if layout == "file" else 120
+    state, report, output = run_dag("unkey_t_parquet", tmp_path, source)
+    assert state == "success"
+    assert report["return_value"]["total"] == report["return_value"]["migrated"] == expected
+    migrated, failed = outcomes(output)
+    assert failed == []
+    assert len(emulator.keys) == expected
+    assert {m["hash"] for m in migrated} == set(emulator.keys)
+    assert sorted(emulator.keys[m["hash"]].name for m in migrated)[:1] == ["k0"]
+
+
+def test_dry_run_sends_nothing(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path) -> None:
+    table, _bad = all_fields_table(30)
+    path = tmp_path / "keys.parquet"
+    pq.write_table(table.rename_columns(["hash", *table.column_names[1:]]), path)
+    state, report, _output = run_dag("unkey_t_parquet_dry_run", tmp_path, str(path))
+    assert state == "success"
+    summary = report["return_value"]
+    assert summary["dry_run"] is True
+    # Default mapping: only the "hash" column is named like a field.
+    assert summary["failed_by_reason"] == {"invalid": 2, "duplicate_in_source": 1}
+    assert summary["would_send"] == 27 and summary["migrated"] == 0
+    assert summary["total"] == summary["would_send"] + summary["failed"]
+    assert emulator.requests == []
+
+
+def test_xcom_above_limit_pushes_uris(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path) -> None:
+    path = tmp_path / "keys.parquet"
+    pq.write_table(simple_table(10), path)
+    state, report, _output = run_dag("unkey_t_parquet_small_xcom", tmp_path, str(path))
+    assert state == "success"
+    assert report["migrated"].endswith("migrated.parquet")
+    assert Path(report["migrated"].removeprefix("file://")).exists()
+    assert report["failed"] == {"frame": []}  # 0 rows: under the limit, pushed as a frame
+
+
+def test_invalid_ratio_fails_after_writing_outputs(
+    airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path
+) -> None:
+    table = simple_table(20)
+    hashes = table.column("hash").to_pylist()
+    hashes[0] = hashes[1] = "not-a-hash"
+    path = tmp_path / "keys.parquet"
+    pq.write_table(table.set_column(0, "hash", pa.array(hashes)), path)
+    state, report, output = run_dag("unkey_t_parquet_ratio", tmp_path, str(path))
+    assert state == "failed"
+    assert report["summary"]["failed_by_reason"] == {"invalid": 2}
+    migrated, failed = outcomes(output)
+    assert len(migrated) == 18 and len(failed) == 2
+    assert_accounted(20, migrated, failed, emulator)
+
+
+def test_unknown_migration_stops_at_once(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path) -> None:
+    path = tmp_path / "keys.parquet"
+    pq.write_table(simple_table(1000), path)
+    state, report, output = run_dag("unkey_t_parquet", tmp_path, str(path), migration_id="mig_unknown")
+    assert state == "failed"
+    summary = report["summary"]
+    assert "mig_unknown" in summary["aborted"] and "migration id" in summary["aborted"]
+    # No batch goes out after the first 404: at most the ones already in flight.
+    assert 1 <= len(emulator.requests) <= 4
+    assert emulator.keys == {}
+    migrated, failed = outcomes(output)
+    assert migrated == []
+    assert {f["reason"] for f in failed} == {"not_sent"}
+    assert summary["total"] == len(failed)
+
+
+def test_sqlite_source(
+    airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_path = tmp_path / "legacy.db"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT, owner TEXT, scopes TEXT)")
+        conn.executemany(
+            "INSERT INTO api_keys (key_hash, owner, scopes) VALUES (?, ?, ?)",
+            [(b64(f"sk_sqlite_{i}"), f"user_{i}", "a.read,b.write") for i in range(250)]
+            + [(None, "x", "a.read")],
+        )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    )
+    sql = 'SELECT key_hash AS "hash", owner AS "externalId", scopes AS permissions FROM api_keys ORDER BY id'
+    state, report, output = run_dag("unkey_t_sqlite", tmp_path, sql)
+    assert state == "success"
+    assert report["return_value"]["migrated"] == 250
+    assert report["return_value"]["failed_by_reason"] == {"invalid": 1}
+    migrated, failed = outcomes(output)
+    assert_accounted(251, migrated, failed, emulator)
+    assert emulator.keys[b64("sk_sqlite_7")].request_fields()["permissions"] == ["a.read", "b.write"]
+
+
+def test_mapped_over_four_partitions(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path) -> None:
+    path = tmp_path / "keys.parquet"
+    pq.write_table(simple_table(400), path, row_group_size=50)
+    state, report, output = run_dag("unkey_t_mapped", tmp_path, str(path), partitions=4)
+    assert state == "success"
+    summaries = report["return_value"]
+    assert len(summaries) == 4
+    assert sum(s["total"] for s in summaries) == 400 == sum(s["migrated"] for s in summaries)
+    assert len(emulator.keys) == 400
+    assert all(c == 1 for c in emulator.hash_counts.values())
+    for i in range(4):
+        migrated, failed = outcomes(output / f"part_{i}")
+        assert len(migrated) == summaries[i]["migrated"] and failed == []
+
+
+@pytest.mark.postgres
+def test_postgres_source_and_table_sink(
+    airflow_db: None,
+    emulator: UnkeyEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_dsn: str,
+) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE legacy_keys (id serial PRIMARY KEY, key_hash text, owner text, scopes text[], "
+            "meta jsonb, expires_at timestamptz, active boolean, credits bigint)"
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO legacy_keys (key_hash, owner, scopes, meta, expires_at, active, credits) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        hashlib.sha256(f"sk_pg_{i}".encode()).hexdigest(),
+                        f"user_{i}",
+                        ["docs.read", "docs.write"] if i != 5 else ["docs read"],
+                        json.dumps({"i": i}),
+                        EXPIRES,
+                        i % 2 == 0,
+                        i,
+                    )
+                    for i in range(300)
+                ],
+            )
+    databases.register_connection(monkeypatch, "unkey_test_pg", postgres_dsn)
+    # The hex hashes become base64 on the wire: the SQL computes it, so the default mapping applies.
+    sql = (
+        "SELECT encode(decode(key_hash, 'hex'), 'base64') AS hash, owner AS \"externalId\", "
+        "scopes AS permissions, meta, expires_at AS expires, active AS enabled, "
+        'credits AS "credits.remaining" FROM legacy_keys ORDER BY id'
+    )
+    for attempt in range(2):  # the second run appends to the same tables
+        state, report, _output = run_dag("unkey_t_postgres", tmp_path / str(attempt), sql)
+        assert state == "success"
+    summary = report["return_value"]
+    assert summary["total"] == 300
+    # Second run: everything already exists, but for the invalid row.
+    assert summary["failed_by_reason"] == {"invalid": 1, "already_exists": 299}
+    first = emulator.keys[b64("sk_pg_0")].request_fields()
+    assert first["permissions"] == ["docs.read", "docs.write"]
+    assert first["meta"] == {"i": 0} and first["enabled"] is True
+    assert first["expires"] == int(EXPIRES.timestamp() * 1000)
+    assert first["credits"] == {"remaining": 0}
+    assert all(c == 2 for c in emulator.hash_counts.values())  # once per run
+    with psycopg.connect(postgres_dsn) as conn:
+        migrated = conn.execute(
+            "SELECT run_id, count(*) FROM unkey_outcomes_migrated GROUP BY run_id"
+        ).fetchall()
+        failed = conn.execute(
+            "SELECT reason, count(*) FROM unkey_outcomes_failed GROUP BY reason ORDER BY reason"
+        ).fetchall()
+        runs = conn.execute("SELECT count(DISTINCT run_id) FROM unkey_outcomes_failed").fetchone()
+    assert [count for _, count in migrated] == [299]
+    assert failed == [("already_exists", 299), ("invalid", 2)]
+    assert runs == (2,)
+    assert summary["outputs"]["migrated_table"] == "unkey_outcomes_migrated"
