@@ -35,7 +35,14 @@ def main() -> int:
         from example_dags.example_unkey_migrate_keys import dag_object
 
         run = dag_object.test()
+        failed = Path(os.environ["AIRFLOW_HOME"]).glob("unkey_migrations/example_unkey_migrate_keys/*/migrate_keys/failed.parquet")
         print(f"\nDAG run {run.run_id}: {run.state}")
+        for path in failed:
+            import pyarrow.parquet as pq
+
+            print(f"Failed rows ({path}):")
+            for row in pq.read_table(path, columns=["source_row", "reason", "detail"]).to_pylist():
+                print(f"  row {row['source_row']}: {row['reason']}: {row['detail']}")
         print(f"Emulator: {len(emulator.keys)} keys stored, statuses {dict(emulator.status_counts)}")
         return 0 if str(run.state) in ("success", "DagRunState.SUCCESS") else 1
 

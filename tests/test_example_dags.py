@@ -27,7 +27,13 @@ def test_demo_migrates_and_verifies(tmp_path: Path) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    assert "migrated 2000 keys, 0 already existed, of 2000" in out
-    assert out.count(": VALID (key_") == 3
-    assert "Emulator: 2000 keys stored" in out
+    assert "Done: 10000 rows, 9996 migrated, 4 failed {'invalid': 3, 'duplicate_in_source': 1}" in out
+    assert out.count(": VALID (key_") == 4
+    assert "a key never issued: NOT_FOUND" in out
+    # Every planted bad row is reported with the field it breaks.
+    assert "row 7: invalid: hash: is missing" in out
+    assert "row 11: invalid: hash: is base64" in out
+    assert "row 13: invalid: permissions[1]" in out
+    assert "row 21: duplicate_in_source: hash: the same hash as source row 20" in out
+    assert "Emulator: 9996 keys stored" in out
     assert "unkey_root_demo" not in out, "the root key leaked into the demo's output"
