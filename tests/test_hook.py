@@ -84,7 +84,12 @@ def test_connection_from_json_env(monkeypatch: pytest.MonkeyPatch, emulator: Unk
     _conn_env(
         monkeypatch,
         json.dumps(
-            {"conn_type": "unkey", "host": emulator.url, "password": ROOT_KEY, "extra": {"max_retries": 2, "timeout": 5}}
+            {
+                "conn_type": "unkey",
+                "host": emulator.url,
+                "password": ROOT_KEY,
+                "extra": {"max_retries": 2, "timeout": 5},
+            }
         ),
     )
     hook = UnkeyHook()
@@ -127,7 +132,9 @@ def test_connection_without_root_key_fails_clearly(monkeypatch: pytest.MonkeyPat
         ("https://gw.example.com/unkey", None, None, "https://gw.example.com/unkey"),
     ],
 )
-def test_base_url_from_connection(host: str | None, schema: str | None, port: int | None, expected: str) -> None:
+def test_base_url_from_connection(
+    host: str | None, schema: str | None, port: int | None, expected: str
+) -> None:
     assert normalise_base_url(UnkeyHook.base_url_from(host, schema, port)) == expected
 
 
@@ -141,13 +148,20 @@ def test_plain_http_to_remote_host_is_refused() -> None:
 
 
 def test_plain_http_refused_from_connection_unless_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    _conn_env(monkeypatch, json.dumps({"conn_type": "unkey", "host": "http://10.1.2.3", "password": ROOT_KEY}))
+    _conn_env(
+        monkeypatch, json.dumps({"conn_type": "unkey", "host": "http://10.1.2.3", "password": ROOT_KEY})
+    )
     with pytest.raises(UnkeyConfigurationError, match="clear text"):
         _ = UnkeyHook().client
     _conn_env(
         monkeypatch,
         json.dumps(
-            {"conn_type": "unkey", "host": "http://10.1.2.3", "password": ROOT_KEY, "extra": {"allow_insecure_http": "true"}}
+            {
+                "conn_type": "unkey",
+                "host": "http://10.1.2.3",
+                "password": ROOT_KEY,
+                "extra": {"allow_insecure_http": "true"},
+            }
         ),
     )
     assert UnkeyHook().client.base_url == "http://10.1.2.3"
@@ -183,7 +197,9 @@ def test_migrate_keys_reports_migrated_and_failed(
         assert_valid_request(path, body)
 
 
-def test_verify_key_after_migration(emulator: UnkeyEmulator, client: UnkeyClient, sent_bodies: list[tuple[str, Any]]) -> None:
+def test_verify_key_after_migration(
+    emulator: UnkeyEmulator, client: UnkeyClient, sent_bodies: list[tuple[str, Any]]
+) -> None:
     result = client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_live_verify"))
     verified = client.verify_key("sk_live_verify", migration_id=MIGRATION_ID)
     assert verified.valid and verified.code == "VALID"
@@ -229,7 +245,9 @@ def test_bad_request_is_typed_with_field_errors(emulator: UnkeyEmulator, client:
         ("unknown_migration", UnkeyNotFoundError, 404),
     ],
 )
-def test_client_errors_are_not_retried(emulator: UnkeyEmulator, setup: str, error: type[UnkeyAPIError], code: int) -> None:
+def test_client_errors_are_not_retried(
+    emulator: UnkeyEmulator, setup: str, error: type[UnkeyAPIError], code: int
+) -> None:
     root_key, api_id, migration_id = ROOT_KEY, API_ID, MIGRATION_ID
     if setup == "bad_key":
         root_key = "unkey_root_unknown"
@@ -270,7 +288,11 @@ def test_duplicate_hash_500_not_retried_when_policy_says_so(emulator: UnkeyEmula
 
 def test_transient_server_errors_are_retried_to_success(emulator: UnkeyEmulator) -> None:
     emulator.set_faults(error_rate=0.4, error_statuses=(500, 502, 503))
-    client = UnkeyClient(ROOT_KEY, emulator.url, retry=RetryPolicy(max_attempts=10, initial_wait=0.01, max_wait=0.05, jitter=0.01))
+    client = UnkeyClient(
+        ROOT_KEY,
+        emulator.url,
+        retry=RetryPolicy(max_attempts=10, initial_wait=0.01, max_wait=0.05, jitter=0.01),
+    )
     for i in range(10):
         result = client.migrate_keys(MIGRATION_ID, API_ID, keys_for(f"sk_flaky_{i}"))
         assert len(result.migrated) == 1
@@ -291,7 +313,9 @@ def test_connection_resets_are_retried(emulator: UnkeyEmulator, client: UnkeyCli
         assert len(client.migrate_keys(MIGRATION_ID, API_ID, keys_for(f"sk_reset_{i}")).migrated) == 1
 
 
-def test_response_lost_after_commit_is_visible_in_result(emulator: UnkeyEmulator, client: UnkeyClient) -> None:
+def test_response_lost_after_commit_is_visible_in_result(
+    emulator: UnkeyEmulator, client: UnkeyClient
+) -> None:
     emulator.set_faults(drop_after_commit_rate=1.0)
     keys = keys_for("sk_lost_1", "sk_lost_2")
     first_attempt_done = False
@@ -325,7 +349,9 @@ def test_rate_limit_retry_after_is_honoured(emulator: UnkeyEmulator, client: Unk
 
 
 def test_workspace_rate_limit_headers_reach_the_error() -> None:
-    emu = UnkeyEmulator.quick(root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30)
+    emu = UnkeyEmulator.quick(
+        root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30
+    )
     with emu:
         client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=1))
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_1"))
@@ -334,11 +360,17 @@ def test_workspace_rate_limit_headers_reach_the_error() -> None:
     err = info.value
     assert err.status == 429
     assert err.retry_after is not None and 0 < err.retry_after <= 30
-    assert {k.lower() for k in err.rate_limit} >= {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"}
+    assert {k.lower() for k in err.rate_limit} >= {
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+    }
 
 
 def test_retry_after_longer_than_policy_allows_is_raised_at_once() -> None:
-    emu = UnkeyEmulator.quick(root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30)
+    emu = UnkeyEmulator.quick(
+        root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30
+    )
     with emu:
         client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=5, max_retry_after=2))
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_a"))
@@ -376,7 +408,10 @@ def test_errors_survive_pickling(emulator: UnkeyEmulator, client: UnkeyClient) -
 # --- test_connection --------------------------------------------------------------------------------
 def test_test_connection(monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator) -> None:
     def conn(password: str, **extra: Any) -> UnkeyHook:
-        _conn_env(monkeypatch, json.dumps({"conn_type": "unkey", "host": emulator.url, "password": password, "extra": extra}))
+        _conn_env(
+            monkeypatch,
+            json.dumps({"conn_type": "unkey", "host": emulator.url, "password": password, "extra": extra}),
+        )
         return UnkeyHook()
 
     ok, message = conn(ROOT_KEY).test_connection()
@@ -397,7 +432,14 @@ def test_test_connection(monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulato
 def test_test_connection_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     _conn_env(
         monkeypatch,
-        json.dumps({"conn_type": "unkey", "host": "http://127.0.0.1:9", "password": ROOT_KEY, "extra": {"max_retries": 1}}),
+        json.dumps(
+            {
+                "conn_type": "unkey",
+                "host": "http://127.0.0.1:9",
+                "password": ROOT_KEY,
+                "extra": {"max_retries": 1},
+            }
+        ),
     )
     ok, message = UnkeyHook().test_connection()
     assert not ok and "connection error" in message
@@ -411,7 +453,9 @@ def test_root_key_absent_from_logs_errors_and_reprs(
     emulator.add_root_key(secret)
     _conn_env(
         monkeypatch,
-        json.dumps({"conn_type": "unkey", "host": emulator.url, "password": secret, "extra": {"max_retries": 2}}),
+        json.dumps(
+            {"conn_type": "unkey", "host": emulator.url, "password": secret, "extra": {"max_retries": 2}}
+        ),
     )
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []

@@ -17,7 +17,11 @@ from airflow_provider_unkey.hooks.unkey import UnkeyHook
 
 
 def test_entry_point_returns_provider_info() -> None:
-    (ep,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_unkey")]
+    (ep,) = [
+        e
+        for e in entry_points(group="apache_airflow_provider")
+        if e.value.startswith("airflow_provider_unkey")
+    ]
     info = ep.load()()
     assert info["package-name"] == "airflow-provider-unkey"
     assert info["versions"] == [airflow_provider_unkey.__version__]

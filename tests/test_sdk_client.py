@@ -64,7 +64,9 @@ def test_sdk_sees_typed_errors(unkey_emulator: UnkeyEmulator) -> None:
         assert info.value.data.error.type.endswith("/data/migration_not_found")
         with pytest.raises(errors.BadRequestErrorResponse) as bad:
             unkey.keys.migrate_keys(
-                migration_id="mig_test", api_id="api_test", keys=[{"hash": _b64("y"), "permissions": ["no spaces"]}]
+                migration_id="mig_test",
+                api_id="api_test",
+                keys=[{"hash": _b64("y"), "permissions": ["no spaces"]}],
             )
         assert any("permissions" in e.location for e in bad.value.data.error.errors)
     with unkey_sdk.Unkey(root_key="unkey_root_wrong", server_url=unkey_emulator.url) as unkey:
