@@ -480,3 +480,25 @@ def test_root_key_absent_from_logs_errors_and_reprs(
     texts += [caplog.text]
     assert caplog.records, "the retries should have logged"
     assert not [t for t in texts if secret in t]
+
+
+def test_every_request_the_client_sends_validates(
+    emulator: UnkeyEmulator, client: UnkeyClient, sent_bodies: list[tuple[str, Any]]
+) -> None:
+    client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_contract_1"))
+    client.migrate_keys(
+        MIGRATION_ID, API_ID, UnkeyClient.migrate_keys_body(MIGRATION_ID, API_ID, keys_for("sk_c2"))
+    )
+    client.verify_key("sk_contract_1")
+    client.verify_key("sk_contract_1", migration_id=MIGRATION_ID)
+    client.get_api(API_ID)
+    from airflow_provider_unkey.hooks.unkey import PROBE_API_ID
+
+    with pytest.raises(UnkeyNotFoundError):
+        client.get_api(PROBE_API_ID)
+    assert client.liveness() == "OK"
+    paths = [path for path, _ in sent_bodies]
+    assert paths.count("/v2/keys.migrateKeys") == 2 and "/v2/apis.getApi" in paths
+    for path, body in sent_bodies:
+        if body is not None:
+            assert_valid_request(path, body)
