@@ -51,6 +51,17 @@ def wire_format(algorithm: str) -> HashFormat:
     return "sha256_base64" if canonical_algorithm(algorithm) == ALGORITHM_SHA256 else "sha256_hex"
 
 
+def _text(hashes: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array of plain text (regex kernels take neither dictionaries nor string views)."""
+    if isinstance(hashes, pa.ChunkedArray):
+        hashes = hashes.combine_chunks()
+    if pa.types.is_dictionary(hashes.type):
+        hashes = hashes.dictionary_decode()
+    if hasattr(pa.types, "is_string_view") and pa.types.is_string_view(hashes.type):
+        hashes = hashes.cast(pa.large_string())
+    return hashes
+
+
 def _fixed_width_chars(strings: pa.Array, width: int) -> np.ndarray:
     """The bytes of ``strings`` (each exactly ``width`` ASCII bytes, no nulls) as an ``(n, width)`` view."""
     binary = pc.cast(strings, pa.large_binary())
@@ -61,12 +72,17 @@ def _fixed_width_chars(strings: pa.Array, width: int) -> np.ndarray:
     return data.reshape(len(binary), width)
 
 
-def format_mask(hashes: pa.Array, hash_format: str) -> pa.BooleanArray:
+def format_mask(hashes: pa.Array | pa.ChunkedArray, hash_format: str) -> pa.BooleanArray:
     """True where a hash has the declared format (nulls are false).
 
     Base64 must also be canonical: its last character before ``=`` encodes two zero bits, so that one
     digest has exactly one spelling (Unkey compares hashes as strings).
+
+    :param hashes: text (``string``, ``large_string``, ``string_view`` or dictionary-encoded text),
+        sliced or chunked.
+    :param hash_format: ``sha256_base64`` or ``sha256_hex``.
     """
+    hashes = _text(hashes)
     if hash_format == "sha256_base64":
         mask = pc.fill_null(pc.match_substring_regex(hashes, _BASE64_RE), False)
         # Canonical: the 43rd character is one of the 16 with the low two bits zero.
@@ -78,8 +94,9 @@ def format_mask(hashes: pa.Array, hash_format: str) -> pa.BooleanArray:
     raise ValueError(f"unknown hash_format {hash_format!r}: use one of {', '.join(HASH_FORMATS)}")
 
 
-def digests(hashes: pa.Array, hash_format: str) -> np.ndarray:
+def digests(hashes: pa.Array | pa.ChunkedArray, hash_format: str) -> np.ndarray:
     """Binary digests, shape ``(n, 32)`` ``uint8``, of hashes that all passed :func:`format_mask`."""
+    hashes = _text(hashes)
     n = len(hashes)
     if n == 0:
         return np.zeros((0, DIGEST_SIZE), dtype=np.uint8)
@@ -96,8 +113,11 @@ def digests(hashes: pa.Array, hash_format: str) -> np.ndarray:
     raise ValueError(f"unknown hash_format {hash_format!r}")
 
 
-def encode(digest_rows: np.ndarray, hash_format: str) -> pa.StringArray:
-    """Write ``(n, 32)`` digests as hash strings of ``hash_format`` (hex is lowercase)."""
+def encode(digest_rows: np.ndarray, hash_format: str) -> pa.Array:
+    """Write ``(n, 32)`` digests as hash strings of ``hash_format`` (hex is lowercase).
+
+    :return: a ``string`` array (``large_string`` past 2 GiB of text).
+    """
     n = len(digest_rows)
     if hash_format == "sha256_base64":
         padded = np.zeros((n, 33), dtype=np.uint8)
@@ -112,5 +132,8 @@ def encode(digest_rows: np.ndarray, hash_format: str) -> pa.StringArray:
         width = 64
     else:
         raise ValueError(f"unknown hash_format {hash_format!r}")
-    offsets = np.arange(0, width * (n + 1), width, dtype=np.int32)
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
+    # 32-bit offsets hold 2 GiB of text (33 million hex hashes); beyond that, 64-bit ones.
+    large = width * n >= 2**31
+    offsets = np.arange(0, width * (n + 1), width, dtype=np.int64 if large else np.int32)
+    text_type = pa.large_string() if large else pa.string()
+    return pa.Array.from_buffers(text_type, n, [None, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
