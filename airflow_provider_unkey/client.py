@@ -71,8 +71,10 @@ class RetryPolicy:
         that were throttled together do not come back together.
     :param max_retry_after: the longest server-requested wait that is honoured; a longer one ends the
         retries (the error is raised) rather than blocking a worker for minutes.
-    :param retry_server_errors: retry 500-504. The migration engine turns this off for batches, since
-        a 500 from ``migrateKeys`` is most often a bad batch that the engine splits instead.
+    :param retry_server_errors: retry 500-504 at all.
+    :param no_retry_statuses: statuses never retried under this policy. The migration engine puts 500
+        here for batches of several keys: a 500 from ``migrateKeys`` that is about the batch's content
+        persists, and the engine splits the batch instead of waiting through every retry.
     """
 
     max_attempts: int = 8
@@ -82,12 +84,15 @@ class RetryPolicy:
     jitter: float = 0.5
     max_retry_after: float = 120.0
     retry_server_errors: bool = True
+    no_retry_statuses: frozenset[int] = frozenset()
 
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` is worth another attempt under this policy."""
         if isinstance(exc, UnkeyTransportError):
             return True
         if isinstance(exc, UnkeyAPIError):
+            if exc.status in self.no_retry_statuses:
+                return False
             if exc.status in (408, 429):
                 return exc.retry_after is None or exc.retry_after <= self.max_retry_after
             return self.retry_server_errors and exc.status in RETRYABLE_STATUSES
@@ -409,15 +414,20 @@ class UnkeyClient:
             before_sleep=before_sleep,
             reraise=True,
         )
-        for attempt in retrying:
-            with attempt:
-                attempts += 1
-                try:
-                    payload = self._send_once(method, path, body)
-                except UnkeyTransportError as exc:
-                    if exc.sent:
-                        unanswered += 1
-                    raise
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    try:
+                        payload = self._send_once(method, path, body)
+                    except UnkeyTransportError as exc:
+                        if exc.sent:
+                            unanswered += 1
+                        raise
+        except UnkeyError as exc:
+            # The caller needs to know whether an earlier attempt may have been committed.
+            exc.attempts, exc.unanswered_attempts = attempts, unanswered
+            raise
         return payload, attempts, unanswered
 
     # --- the calls ---------------------------------------------------------------------------------

@@ -14,7 +14,15 @@ from typing import Any
 
 
 class UnkeyError(Exception):
-    """Base class of every error raised by this package's Unkey client."""
+    """Base class of every error raised by this package's Unkey client.
+
+    :ivar attempts: how many HTTP attempts the failed call made (set by the client).
+    :ivar unanswered_attempts: how many of them were sent but got no response; when non-zero, the
+        server may have committed one of them.
+    """
+
+    attempts: int = 0
+    unanswered_attempts: int = 0
 
 
 class UnkeyConfigurationError(UnkeyError, ValueError):

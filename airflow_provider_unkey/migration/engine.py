@@ -10,6 +10,7 @@ row read has exactly one outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -61,6 +62,8 @@ class MigrationAborted(UnkeyError):
     def __init__(self, message: str, cause: UnkeyAPIError) -> None:
         super().__init__(message)
         self.cause = cause
+        #: What the run did before it stopped; set by :func:`run_migration`.
+        self.summary: MigrationSummary | None = None
 
 
 class InvariantError(UnkeyError):
@@ -116,6 +119,11 @@ class Batcher:
         self._suffix = b"]}"
         self._current = Batch([], [], [])
         self._bytes = len(self._prefix) + len(self._suffix)
+
+    @property
+    def max_key_bytes(self) -> int:
+        """The largest serialised key object that fits in a request on its own."""
+        return self.max_request_bytes - len(self._prefix) - len(self._suffix)
 
     def body(self, batch: Batch) -> bytes:
         """The request body of ``batch``."""
@@ -238,7 +246,12 @@ class MigrationEngine:
         self.batcher = batcher
         self.writer = writer
         self.max_concurrency = max_concurrency
-        self.retry = retry
+        # A 500 for a batch of several keys is most often about one of them: split at once rather than
+        # wait through every retry. A single key gets the whole policy: its 500 may be transient.
+        self.single_retry = retry or client.retry
+        self.batch_retry = dataclasses.replace(
+            self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | {500}
+        )
         self.progress = progress
         self.requests = 0
         self.batches = 0
@@ -272,8 +285,12 @@ class MigrationEngine:
             m_ids.append(key_id)
             m_rows.append(batch.rows[i])
         self.writer.migrated(m_hashes, m_ids, m_rows, request_id)
-        f_idx = [index[h] for h in failed if h in index and index[h] not in done]
-        done.update(f_idx)
+        f_idx = []
+        for h in failed:
+            i = index.get(h)
+            if i is not None and i not in done:
+                done.add(i)
+                f_idx.append(i)
         if unanswered:
             detail = (
                 f"Unkey reported the hash as existing after {unanswered} attempt(s) whose response was lost: "
@@ -314,7 +331,10 @@ class MigrationEngine:
                 with self._lock:
                     self.requests += 1
                 result = self.client.migrate_keys(
-                    self.migration_id, self.api_id, self.batcher.body(part), retry=self.retry
+                    self.migration_id,
+                    self.api_id,
+                    self.batcher.body(part),
+                    retry=self.batch_retry if len(part) > 1 else self.single_retry,
                 )
             except (UnkeyAuthenticationError, UnkeyPermissionError, UnkeyNotFoundError) as exc:
                 with self._lock:
@@ -325,7 +345,7 @@ class MigrationEngine:
             except UnkeyBadRequestError as exc:
                 named = {int(m.group(1)) for e in exc.errors if (m := _KEY_INDEX.match(e.location))}
                 named = {i for i in named if i < len(part)}
-                if named and len(named) < len(part):
+                if named:
                     self._reject(part, named, exc)
                     stack.append(part.without(named))
                 elif len(part) > 1:
@@ -370,9 +390,13 @@ class MigrationEngine:
 
     def _give_up(self, batch: Batch, exc: UnkeyError) -> None:
         request_id = exc.request_id if isinstance(exc, UnkeyAPIError) else None
-        self.writer.failed(
-            batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, f"retries exhausted: {exc}", request_id
-        )
+        detail = f"retries exhausted after {exc.attempts} attempt(s): {exc}"
+        if exc.unanswered_attempts:
+            detail += (
+                f"; {exc.unanswered_attempts} attempt(s) got no response, so Unkey may have created these keys"
+                " (a rerun reports them as already_exists)"
+            )
+        self.writer.failed(batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, detail, request_id)
 
     # --- the run, in the calling thread ------------------------------------------------------------
     def run(self, batches: Iterable[Batch]) -> None:
@@ -502,7 +526,11 @@ def run_migration(
             if preparer is None:
                 mapping = resolve_mapping(column_mapping, record_batch.schema)
                 preparer = state["preparer"] = KeyPreparer(
-                    mapping, hash_format=hash_format, algorithm=algorithm, list_delimiter=list_delimiter
+                    mapping,
+                    hash_format=hash_format,
+                    algorithm=algorithm,
+                    list_delimiter=list_delimiter,
+                    max_key_bytes=batcher.max_key_bytes,
                 )
             prepared, rejects = preparer.prepare(record_batch, state["rows"])
             state["rows"] += record_batch.num_rows
@@ -575,6 +603,6 @@ def run_migration(
             f" + {summary.would_send} would be sent: rows without an outcome (a bug; please report it)"
         )
     if aborted is not None:
-        aborted.summary = summary  # type: ignore[attr-defined]
+        aborted.summary = summary
         raise aborted
     return summary

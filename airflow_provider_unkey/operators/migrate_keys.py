@@ -264,8 +264,9 @@ class MigrateKeysOperator(BaseOperator):
                     emit=self.log.info,
                 )
             except MigrationAborted as exc:
-                aborted = exc
-                summary = exc.summary  # type: ignore[attr-defined]
+                if exc.summary is None:
+                    raise
+                aborted, summary = exc, exc.summary
             outputs = io.upload_outputs(work_dir, output_path)
             summary.outputs = dict(outputs)
             if self.output_conn_id and self.output_table_prefix:
