@@ -1,0 +1,220 @@
+"""Split a source into partitions, one per mapped task (``MigrateKeysOperator.partial(...).expand_kwargs``).
+
+Nothing here imports Airflow; :mod:`airflow_provider_unkey.operators.io` wraps these for connection ids
+and storage URIs.
+
+* Parquet splits by row groups, read from the files' footers, balanced by row count:
+  :func:`parquet_partitions`. Every partition names the source as given plus the row groups it reads:
+  ``{"parquet_path": <the source>, "parquet_row_groups": {<file>: [<row group>, ...]}}``. Keeping the
+  source (directory, glob or list) as it was keeps hive partition columns and the schema the same in
+  every partition.
+* SQL splits by the first character of the hash column, so that equal hashes, and hence duplicates,
+  always land in the same partition and deduplication stays complete: :func:`sql_partitions` returns
+  ``{"sql": "SELECT * FROM (<sql>) AS unkey_src WHERE ..."}``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import string
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from airflow_provider_unkey.migration.sources import ParquetSource
+
+#: The keys of a Parquet partition dict (the operator's arguments of the same names).
+PARQUET_PATH_KEY = "parquet_path"
+PARQUET_ROW_GROUPS_KEY = "parquet_row_groups"
+#: The key of an SQL partition dict.
+SQL_KEY = "sql"
+#: The alias of the wrapped query.
+SUBQUERY_ALIAS = "unkey_src"
+
+PartitionBy = Literal["auto", "files", "row_groups"]
+
+
+def _balanced_files(units: list[tuple[str, int, int]], n: int) -> list[list[tuple[str, int, int]]]:
+    """Whole files dealt to ``n`` partitions, largest first, each to the lightest partition."""
+    files: dict[str, list[tuple[str, int, int]]] = {}
+    for unit in units:
+        files.setdefault(unit[0], []).append(unit)
+    order = {path: i for i, path in enumerate(files)}
+    heap = [(0, i) for i in range(n)]
+    parts: list[list[str]] = [[] for _ in range(n)]
+    for path in sorted(files, key=lambda p: -sum(u[2] for u in files[p])):
+        rows, i = heapq.heappop(heap)
+        parts[i].append(path)
+        heapq.heappush(heap, (rows + sum(u[2] for u in files[path]), i))
+    # Within a partition, read files in the source's order.
+    return [[u for path in sorted(part, key=order.__getitem__) for u in files[path]] for part in parts]
+
+
+def _contiguous_row_groups(units: list[tuple[str, int, int]], n: int) -> list[list[tuple[str, int, int]]]:
+    """Row groups cut into ``n`` runs in reading order, each close to ``total / n`` rows.
+
+    A cut goes after the row group that brings the running total nearest to the next multiple of
+    ``total / n``, so no partition is more than one row group away from its share.
+    """
+    total = sum(u[2] for u in units)
+    parts: list[list[tuple[str, int, int]]] = [[] for _ in range(n)]
+    done = 0
+    k = 0
+    for unit in units:
+        if k < n - 1 and parts[k] and done + unit[2] / 2 > total * (k + 1) / n:
+            k += 1
+        parts[k].append(unit)
+        done += unit[2]
+    return parts
+
+
+def parquet_partitions(
+    source: ParquetSource,
+    n: int,
+    *,
+    parquet_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    by: PartitionBy = "auto",
+) -> list[dict[str, Any]]:
+    """Split a Parquet source into at most ``n`` partitions of about equal row counts.
+
+    :param source: the whole source (not one limited by ``row_groups``).
+    :param n: how many partitions (mapped tasks) at most.
+    :param parquet_path: what each partition's ``parquet_path`` holds: the source as the operator is
+        given it (a local path, a glob, a directory, a list, a storage URI). ``None``: the files as
+        :attr:`ParquetSource.files` lists them.
+    :param by: ``files`` keeps each file in one partition (good with many files of similar size);
+        ``row_groups`` may split a file between partitions, cutting between row groups (good with few
+        large files); ``auto`` takes ``files`` when that is within 10% of an even split, else
+        ``row_groups``.
+    :return: ``[{"parquet_path": ..., "parquet_row_groups": {file: [row group, ...]}}, ...]``; the
+        file keys are paths as :attr:`ParquetSource.files` lists them. Every row group of the source is
+        in exactly one partition; partitions that would be empty are left out. A source without rows
+        gives one partition that reads it all (``parquet_row_groups`` is ``None``).
+    """
+    if n < 1:
+        raise ValueError(f"the number of partitions must be at least 1, got {n}")
+    if by not in ("auto", "files", "row_groups"):
+        raise ValueError(f"by must be 'auto', 'files' or 'row_groups', got {by!r}")
+    path_value: str | list[str]
+    if parquet_path is None:
+        path_value = source.files
+    elif isinstance(parquet_path, str | os.PathLike):
+        path_value = os.fspath(parquet_path)
+    else:
+        path_value = [os.fspath(p) for p in parquet_path]
+    units = [u for u in source.row_group_rows() if u[2] > 0]
+    if not units:
+        return [{PARQUET_PATH_KEY: path_value, PARQUET_ROW_GROUPS_KEY: None}]
+    total = sum(u[2] for u in units)
+    if by == "row_groups":
+        parts = _contiguous_row_groups(units, n)
+    else:
+        parts = _balanced_files(units, n)
+        heaviest = max(sum(u[2] for u in part) for part in parts)
+        if by == "auto" and heaviest > 1.1 * total / min(n, len(units)):
+            parts = _contiguous_row_groups(units, n)
+    out = []
+    for part in parts:
+        if not part:
+            continue
+        groups: dict[str, list[int]] = {}
+        for path, index, _ in part:
+            groups.setdefault(path, []).append(index)
+        out.append({PARQUET_PATH_KEY: path_value, PARQUET_ROW_GROUPS_KEY: groups})
+    return out
+
+
+#: The characters a hash can start with, grouped so that each group is closed under case folding:
+#: a case-insensitive collation (MySQL's default) then still puts every hash in exactly one group.
+_BASE64_GROUPS: tuple[tuple[str, ...], ...] = (
+    *((upper, lower) for upper, lower in zip(string.ascii_uppercase, string.ascii_lowercase, strict=True)),
+    *((digit,) for digit in string.digits),
+    ("+",),
+    ("/",),
+)
+_HEX_GROUPS: tuple[tuple[str, ...], ...] = (
+    *((digit,) for digit in string.digits),
+    *((lower, lower.upper()) for lower in "abcdef"),
+)
+#: hash format -> (groups of first characters, whether the format tells cases apart).
+HASH_FIRST_CHARACTERS: dict[str, tuple[tuple[tuple[str, ...], ...], bool]] = {
+    "sha256_base64": (_BASE64_GROUPS, True),
+    "sha256_hex": (_HEX_GROUPS, False),
+}
+
+
+def quote_identifier(name: str, dialect: str | None = None) -> str:
+    """``name`` quoted as one SQL identifier: backticks for MySQL/MariaDB, double quotes otherwise.
+
+    :raises ValueError: for an empty name or one with a NUL character.
+    """
+    if not name or "\x00" in name:
+        raise ValueError(f"not a column name: {name!r}")
+    if (dialect or "").lower() in ("mysql", "mariadb"):
+        return "`" + name.replace("`", "``") + "`"
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literals(chars: Sequence[str]) -> str:
+    # The characters come from the fixed alphabets above, none of them a quote or a backslash.
+    return ", ".join(f"'{c}'" for c in chars)
+
+
+def sql_partitions(
+    sql: str,
+    hash_column: str,
+    n: int,
+    *,
+    hash_format: str = "sha256_base64",
+    dialect: str | None = None,
+) -> list[dict[str, str]]:
+    """Split a query into at most ``n`` queries by the first character of the hash column.
+
+    Each partition is ``SELECT * FROM (<sql>) AS unkey_src WHERE SUBSTR(<hash>, 1, 1) IN (...)``. The
+    first characters are grouped (a letter with its other case; for hex, one group per nibble) and the
+    groups dealt to the partitions, heaviest first, each to the lightest partition: digests are uniform,
+    so partitions get about equal shares. The last partition also takes the rows whose hash is NULL,
+    empty or starts with any other character, so the partitions together return every row of ``sql``
+    exactly once, and a hash and its duplicates always fall in the same partition.
+
+    There are at most 38 groups for ``sha256_base64`` and 16 for ``sha256_hex``: a larger ``n`` gives
+    that many partitions.
+
+    :param sql: the source query (its parameters, if any, stay as they are).
+    :param hash_column: the name of the column that holds the hash, as the query returns it.
+    :param n: how many partitions at most.
+    :param hash_format: ``sha256_base64`` or ``sha256_hex``.
+    :param dialect: the database's SQL dialect (``postgresql``, ``mysql``, ``sqlite``, ...), for quoting.
+    :return: ``[{"sql": ...}, ...]``.
+    """
+    if n < 1:
+        raise ValueError(f"the number of partitions must be at least 1, got {n}")
+    try:
+        groups, case_sensitive = HASH_FIRST_CHARACTERS[hash_format]
+    except KeyError:
+        raise ValueError(
+            f"hash_format must be one of {sorted(HASH_FIRST_CHARACTERS)}, got {hash_format!r}"
+        ) from None
+    inner = sql.strip().rstrip(";").rstrip()
+    if not inner:
+        raise ValueError("the query is empty")
+    column = quote_identifier(hash_column, dialect)
+    first = f"SUBSTR({column}, 1, 1)"
+    n = min(n, len(groups))
+    # Every digit of a digest is equally likely: in base64 a letter group holds two of the 64
+    # characters, in hex every group is one of the 16 nibbles.
+    weights = {group: len(group) if case_sensitive else 1 for group in groups}
+    heap = [(0, i) for i in range(n)]
+    chars: list[list[str]] = [[] for _ in range(n)]
+    for group in sorted(groups, key=weights.__getitem__, reverse=True):
+        load, i = heapq.heappop(heap)
+        chars[i].extend(group)
+        heapq.heappush(heap, (load + weights[group], i))
+    every = [c for group in groups for c in group]
+    out = []
+    for i, mine in enumerate(chars):
+        predicate = f"{first} IN ({_literals(mine)})"
+        if i == n - 1:
+            predicate += f" OR {column} IS NULL OR {first} NOT IN ({_literals(every)})"
+        out.append({SQL_KEY: f"SELECT * FROM ({inner}) AS {SUBQUERY_ALIAS} WHERE {predicate}"})
+    return out

@@ -1,0 +1,200 @@
+"""Airflow glue for sources and sinks: storage URIs through ``ObjectStoragePath``, SQL through ``DbApiHook``.
+
+The readers and writers themselves live in :mod:`airflow_provider_unkey.migration.sources`,
+:mod:`~airflow_provider_unkey.migration.sinks` and :mod:`~airflow_provider_unkey.migration.partition`
+and know nothing of Airflow; this module only turns connection ids and URIs into what they take.
+
+Paths may be local paths (``/data/keys.parquet``) or any ``ObjectStoragePath`` URI, with the Airflow
+connection in the user part: ``file:///data/keys/``, ``s3://aws_default@bucket/keys/*.parquet``,
+``gs://google_cloud_default@bucket/keys/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.sdk import BaseHook, ObjectStoragePath
+
+from airflow_provider_unkey.migration import partition
+from airflow_provider_unkey.migration.sinks import OUTPUT_FILES, SqlOutcomeSink, copy_outputs
+from airflow_provider_unkey.migration.sources import ParquetSource, SqlSource
+
+PathLike = str | os.PathLike[str] | ObjectStoragePath
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+def _storage_path(path: PathLike) -> ObjectStoragePath:
+    if isinstance(path, ObjectStoragePath):
+        return path
+    text = os.fspath(path)
+    # A plain path is local: make it absolute, so that it means the same in every task.
+    return ObjectStoragePath(text if "://" in text else os.path.abspath(text))
+
+
+def _as_text(path: PathLike) -> str:
+    """How a path goes into a partition dict: a URI as given, a local path made absolute."""
+    if isinstance(path, ObjectStoragePath):
+        return str(path)
+    text = os.fspath(path)
+    return text if "://" in text else os.path.abspath(text)
+
+
+def _resolve(path_or_uri: PathLike | Sequence[PathLike]) -> tuple[pafs.FileSystem, str | list[str]]:
+    """The pyarrow filesystem and the path(s) on it for a local path, a URI, or a list of them."""
+    many = not isinstance(path_or_uri, str | os.PathLike | ObjectStoragePath)
+    items = [_storage_path(p) for p in path_or_uri] if many else [_storage_path(path_or_uri)]  # type: ignore[union-attr,arg-type]
+    if not items:
+        raise ValueError("no Parquet paths given: the list is empty")
+    first = items[0]
+    stores = {(p.protocol or "", p.conn_id) for p in items}
+    if len(stores) > 1:
+        raise ValueError(
+            f"the Parquet paths must all be on one storage with one connection, got {sorted(stores, key=str)}"
+        )
+    filesystem: pafs.FileSystem
+    if (first.protocol or "") in _LOCAL_PROTOCOLS:
+        filesystem = pafs.LocalFileSystem()  # pyarrow's own: faster than going through fsspec
+    else:
+        # The path's fsspec filesystem carries the Airflow connection's credentials.
+        filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(first.fs))
+    paths = [p.path for p in items]
+    return filesystem, paths if many else paths[0]
+
+
+def parquet_source(path_or_uri: PathLike | Sequence[PathLike], **kwargs: Any) -> ParquetSource:
+    """A :class:`~airflow_provider_unkey.migration.sources.ParquetSource` on any storage.
+
+    :param path_or_uri: a file, a directory, a glob, or a list of files: local paths or
+        ``ObjectStoragePath`` URIs (``s3://conn_id@bucket/keys/``).
+    :param kwargs: passed on: ``columns``, ``batch_rows``, ``row_groups`` (keys as
+        :func:`parquet_partitions` gives them).
+    """
+    filesystem, paths = _resolve(path_or_uri)
+    return ParquetSource(paths, filesystem=filesystem, **kwargs)
+
+
+def sql_hook(conn_id: str) -> DbApiHook:
+    """The SQL hook of an Airflow connection.
+
+    :raises TypeError: when the connection's hook is not a ``DbApiHook`` (not an SQL database).
+    """
+    connection = BaseHook.get_connection(conn_id)
+    hook = connection.get_hook()  # type: ignore[no-untyped-call]
+    if not isinstance(hook, DbApiHook):
+        raise TypeError(
+            f"connection {conn_id!r} (type {connection.conn_type!r}) has the hook {type(hook).__name__}, "
+            "which is not an SQL hook (airflow.providers.common.sql DbApiHook): use a connection to an "
+            "SQL database, such as postgres, mysql or sqlite"
+        )
+    return hook
+
+
+def _dialect(hook: DbApiHook) -> str:
+    try:
+        name = str(hook.dialect_name)
+    except Exception:  # a hook whose URI cannot be built: fall back to the connection type
+        name = str(getattr(hook, "conn_type", "") or "")
+    return name.lower()
+
+
+def server_side_cursor_for(hook: DbApiHook) -> str:
+    """Which streaming cursor suits the hook's database: ``postgresql``, ``mysql`` or ``none``."""
+    dialect = _dialect(hook)
+    if dialect.startswith("postgres"):
+        return "postgresql"
+    if dialect in ("mysql", "mariadb"):
+        return "mysql"
+    return "none"
+
+
+def sql_source(
+    sql: str,
+    sql_conn_id: str,
+    parameters: Sequence[Any] | Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> SqlSource:
+    """A :class:`~airflow_provider_unkey.migration.sources.SqlSource` on an Airflow SQL connection.
+
+    Connections are opened through the hook (``hook.get_conn``); PostgreSQL and MySQL read through a
+    server-side cursor.
+
+    :param sql: the query.
+    :param sql_conn_id: an Airflow connection to an SQL database.
+    :param parameters: the query's parameters.
+    :param kwargs: passed on: ``batch_rows``, ``server_side_cursor`` (default: by the hook's dialect).
+    """
+    hook = sql_hook(sql_conn_id)
+    kwargs.setdefault("server_side_cursor", server_side_cursor_for(hook))
+    return SqlSource(hook.get_conn, sql, parameters, **kwargs)
+
+
+def upload_outputs(local_dir: str | Path, output_path: PathLike) -> dict[str, str]:
+    """Copy a run's ``migrated.parquet`` and ``failed.parquet`` into ``output_path``.
+
+    :param local_dir: the local directory the run wrote.
+    :param output_path: a directory: a local path or an ``ObjectStoragePath`` URI.
+    :return: outcome (``migrated``, ``failed``) -> the copied file's URI (with the connection id).
+    """
+    destination = _storage_path(output_path)
+    copy_outputs(local_dir, destination.path, filesystem=destination.fs)
+    return {name: str(destination / filename) for name, filename in OUTPUT_FILES.items()}
+
+
+def write_outcomes_to_sql(
+    conn_id: str, table_prefix: str, run_id: str, local_dir: str | Path, **kwargs: Any
+) -> dict[str, str]:
+    """Append a run's outcomes to ``<table_prefix>_migrated`` and ``<table_prefix>_failed``.
+
+    The tables are created when missing; see
+    :class:`~airflow_provider_unkey.migration.sinks.SqlOutcomeSink`.
+
+    :param conn_id: an Airflow connection to an SQL database.
+    :param table_prefix: an SQL identifier, optionally schema-qualified.
+    :param run_id: tags every row.
+    :param local_dir: the local directory the run wrote.
+    :param kwargs: passed on: ``chunk_rows``.
+    :return: ``{"migrated_table": ..., "failed_table": ...}``.
+    """
+    sink = SqlOutcomeSink(sql_hook(conn_id).get_conn, table_prefix, **kwargs)
+    sink.write(run_id, local_dir)
+    return {f"{name}_table": table for name, table in sink.tables.items()}
+
+
+def parquet_partitions(
+    path_or_uri: PathLike | Sequence[PathLike], n: int, *, by: partition.PartitionBy = "auto"
+) -> list[dict[str, Any]]:
+    """Split a Parquet source into at most ``n`` partitions for ``MigrateKeysOperator.expand_kwargs``.
+
+    :param path_or_uri: the source, as :func:`parquet_source` takes it.
+    :param n: how many partitions at most.
+    :param by: ``auto``, ``files`` or ``row_groups``; see
+        :func:`~airflow_provider_unkey.migration.partition.parquet_partitions`.
+    :return: ``[{"parquet_path": path_or_uri, "parquet_row_groups": {file: [row group, ...]}}, ...]``.
+    """
+    given: str | list[str]
+    if isinstance(path_or_uri, str | os.PathLike | ObjectStoragePath):
+        given = _as_text(path_or_uri)
+    else:
+        given = [_as_text(p) for p in path_or_uri]
+    return partition.parquet_partitions(parquet_source(path_or_uri), n, parquet_path=given, by=by)
+
+
+def sql_partitions(
+    sql: str, sql_conn_id: str, hash_column: str, n: int, *, hash_format: str = "sha256_base64"
+) -> list[dict[str, str]]:
+    """Split a query into at most ``n`` queries by the hash's first character, quoted for the connection.
+
+    :param sql: the source query.
+    :param sql_conn_id: the Airflow connection the query runs on (for its SQL dialect).
+    :param hash_column: the column holding the hash, as the query returns it.
+    :param n: how many partitions at most.
+    :param hash_format: ``sha256_base64`` or ``sha256_hex``.
+    :return: ``[{"sql": ...}, ...]``; see :func:`~airflow_provider_unkey.migration.partition.sql_partitions`.
+    """
+    dialect = _dialect(sql_hook(sql_conn_id))
+    return partition.sql_partitions(sql, hash_column, n, hash_format=hash_format, dialect=dialect)
