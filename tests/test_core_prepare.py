@@ -643,8 +643,8 @@ BAD_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("expires fraction", {"expires": [1.0, 1.5, 2.0]}, "expires: must be an integer, got 1.5"),
     ("expires infinite", {"expires": [1.0, float("inf"), 2.0]}, "expires: must be an integer, got inf"),
     ("expires boolean", {"expires": [None, False, None]}, "expires: must be an integer, got a boolean"),
-    ("expires '--5'", {"expires": ["1", "--5", "2"]}, "expires: must be an integer, got '--5'"),
-    ("expires '²'", {"expires": ["1", "²", "2"]}, "expires: must be an integer, got '²'"),
+    ("expires '--5'", {"expires": ["1", "--5", "2"]}, "expires: must be a timestamp, Unix milliseconds or ISO 8601 text, got '--5'"),
+    ("expires '²'", {"expires": ["1", "²", "2"]}, "expires: must be a timestamp, Unix milliseconds or ISO 8601 text, got '²'"),
     (
         "expires before 1970",
         {"expires": pa.array([dt.datetime(2030, 1, 1), dt.datetime(1969, 12, 31), None], pa.timestamp("us"))},
@@ -1043,3 +1043,19 @@ def test_take_keeps_rows_hashes_digests_and_keys_together() -> None:
     assert part.hashes == [b64(0), b64(3)]
     assert [json.loads(k)["name"] for k in part.keys] == ["a", "d"]
     assert [bytes(d) for d in part.digests] == [base64.b64decode(b64(0)), base64.b64decode(b64(3))]
+
+
+def test_expires_as_iso_text() -> None:
+    """SQLite and CSV exports keep timestamps as text: ISO 8601 is read, anything else names the field."""
+    import base64
+    import hashlib
+
+    from airflow_provider_unkey.migration.prepare import KeyPreparer, resolve_mapping
+
+    values = ["2031-01-01T00:00:00Z", "2031-01-01", "1924992000000", "2031-01-01 01:00:00+01:00", "soon"]
+    hashes = [base64.b64encode(hashlib.sha256(f"iso{i}".encode()).digest()).decode() for i in range(5)]
+    table = pa.table({"hash": hashes, "expires": values})
+    prepared, rejects = KeyPreparer(resolve_mapping(None, table.schema)).prepare(table.to_batches()[0], 0)
+    assert prepared.rows.tolist() == [0, 1, 2, 3]
+    assert all(b'"expires":1924992000000' in key for key in prepared.keys)
+    assert rejects.rows == [4] and rejects.details[0].startswith("expires: must be a timestamp")

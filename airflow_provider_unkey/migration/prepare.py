@@ -281,6 +281,15 @@ def _to_expires(value: Any, field: str) -> int:
         return int((value - _EPOCH) // _ONE_MS)
     if isinstance(value, dt.date):
         return (value - dt.date(1970, 1, 1)).days * 86_400_000
+    if isinstance(value, str) and not _INT_TEXT.match(value.strip(_WS)):
+        # ISO 8601 text, as SQLite and CSV exports keep timestamps.
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip(_WS))
+        except ValueError:
+            raise _RowError(
+                f"{field}: must be a timestamp, Unix milliseconds or ISO 8601 text, got {value!r}"
+            ) from None
+        return _to_expires(parsed, field)
     return _to_int(value, field)
 
 
