@@ -35,7 +35,9 @@ def main() -> int:
         from example_dags.example_unkey_migrate_keys import dag_object
 
         run = dag_object.test()
-        failed = Path(os.environ["AIRFLOW_HOME"]).glob("unkey_migrations/example_unkey_migrate_keys/*/migrate_keys/failed.parquet")
+        failed = Path(os.environ["AIRFLOW_HOME"]).glob(
+            "unkey_migrations/example_unkey_migrate_keys/*/migrate_keys/failed.parquet"
+        )
         print(f"\nDAG run {run.run_id}: {run.state}")
         for path in failed:
             import pyarrow.parquet as pq

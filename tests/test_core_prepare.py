@@ -643,8 +643,16 @@ BAD_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("expires fraction", {"expires": [1.0, 1.5, 2.0]}, "expires: must be an integer, got 1.5"),
     ("expires infinite", {"expires": [1.0, float("inf"), 2.0]}, "expires: must be an integer, got inf"),
     ("expires boolean", {"expires": [None, False, None]}, "expires: must be an integer, got a boolean"),
-    ("expires '--5'", {"expires": ["1", "--5", "2"]}, "expires: must be a timestamp, Unix milliseconds or ISO 8601 text, got '--5'"),
-    ("expires '²'", {"expires": ["1", "²", "2"]}, "expires: must be a timestamp, Unix milliseconds or ISO 8601 text, got '²'"),
+    (
+        "expires '--5'",
+        {"expires": ["1", "--5", "2"]},
+        "expires: must be a timestamp, Unix milliseconds or ISO 8601 text, got '--5'",
+    ),
+    (
+        "expires '²'",
+        {"expires": ["1", "²", "2"]},
+        "expires: must be a timestamp, Unix milliseconds or ISO 8601 text, got '²'",
+    ),
     (
         "expires before 1970",
         {"expires": pa.array([dt.datetime(2030, 1, 1), dt.datetime(1969, 12, 31), None], pa.timestamp("us"))},

@@ -69,7 +69,9 @@ def test_sdk_sees_typed_errors(unkey_emulator: UnkeyEmulator) -> None:
                 keys=[{"hash": _b64("y"), "permissions": ["no spaces"]}],
             )
         assert any("permissions" in e.location for e in bad.value.data.error.errors)
-    with unkey_sdk.Unkey(root_key="unkey_root_wrong", server_url=unkey_emulator.url) as unkey:
-        with pytest.raises(errors.UnauthorizedErrorResponse):
-            unkey.keys.migrate_keys(migration_id="mig_test", api_id="api_test", keys=[{"hash": _b64("z")}])
+    with (
+        unkey_sdk.Unkey(root_key="unkey_root_wrong", server_url=unkey_emulator.url) as unkey,
+        pytest.raises(errors.UnauthorizedErrorResponse),
+    ):
+        unkey.keys.migrate_keys(migration_id="mig_test", api_id="api_test", keys=[{"hash": _b64("z")}])
     assert unkey_emulator.keys == {}
