@@ -422,3 +422,38 @@ def test_lost_responses_then_giving_up_says_keys_may_exist(
     assert f"{FAST.max_attempts} attempt(s) got no response" in detail
     assert "may have created these keys" in detail
     assert len(emu.keys) == 10
+
+
+def test_progress_is_logged_with_rate_eta_and_outcomes(
+    emu: UnkeyEmulator, client: UnkeyClient, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    summary = run_migration(
+        source(4, 50, invalid_every=10),
+        client,
+        MIGRATION,
+        API,
+        tmp_path,
+        batch_size=20,
+        retry=FAST,
+        total_rows=200,
+        progress_interval=0.0,
+        emit=lines.append,
+    )
+    assert_every_row_once(summary)
+    assert lines, "no progress line"
+    last = lines[-1]
+    assert last.startswith("200/200 keys (100.0%), ETA 0s, ")
+    assert "keys/s" in last and f"migrated {summary.migrated:,}" in last and "invalid" in last
+    # Without a known total, the count stands alone.
+    lines.clear()
+    run_migration(
+        source(1, 10, start=1000),
+        client,
+        MIGRATION,
+        API,
+        tmp_path / "b",
+        progress_interval=0.0,
+        emit=lines.append,
+    )
+    assert lines[-1].startswith("10 keys, ")

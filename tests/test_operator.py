@@ -226,6 +226,7 @@ def test_parquet_layouts(airflow_db: None, emulator: UnkeyEmulator, tmp_path: Pa
     assert report["return_value"]["total"] == report["return_value"]["migrated"] == expected
     migrated, failed = outcomes(output)
     assert failed == []
+    assert_accounted(expected, migrated, failed, emulator)
     assert len(emulator.keys) == expected
     assert {m["hash"] for m in migrated} == set(emulator.keys)
     assert sorted(emulator.keys[m["hash"]].name for m in migrated)[:1] == ["k0"]
