@@ -192,7 +192,7 @@ def test_sqlite_sink_writes_a_table_in_one_transaction(tmp_path: Path, sqlite_pa
     conn = sqlite3.connect(sqlite_path)
     # The table exists already, with a rule that row 20 breaks: after 4 chunks of 5 rows were inserted.
     conn.execute(
-        "CREATE TABLE out_migrated (run_id VARCHAR(256), hash VARCHAR(256), key_id VARCHAR(256), "
+        "CREATE TABLE out_migrated (run_id VARCHAR(256), task_key VARCHAR(256), hash VARCHAR(256), key_id VARCHAR(256), "
         "source_row BIGINT CHECK (source_row < 20), request_id VARCHAR(256), recorded_at TIMESTAMP)"
     )
     conn.commit()
@@ -242,7 +242,7 @@ def test_postgres_sink(tmp_path: Path, postgres_dsn: str, driver: str) -> None:
         columns = cur.fetchall()
         assert [(t, c) for t, c, _ in columns if t == "unkey_migrated"] == [
             ("unkey_migrated", c)
-            for c in ("run_id", "hash", "key_id", "source_row", "request_id", "recorded_at")
+            for c in ("run_id", "task_key", "hash", "key_id", "source_row", "request_id", "recorded_at")
         ]
         assert dict(((t, c), d) for t, c, d in columns)[("unkey_failed", "recorded_at")] == (
             "timestamp without time zone"
@@ -277,3 +277,20 @@ def test_mysql_sink(tmp_path: Path) -> None:
         cursor = conn.cursor()
         cursor.execute(f"DROP TABLE IF EXISTS {prefix}_migrated, {prefix}_failed")
         conn.close()
+
+
+def test_a_retried_task_replaces_its_rows_and_keeps_its_siblings(tmp_path: Path, sqlite_path: Path) -> None:
+    """A task retry writes its outcomes again: they replace its earlier ones, not add to them."""
+    first = write_run(tmp_path / "try1", migrated=12, failed=5)
+    second = write_run(tmp_path / "try2", migrated=7, failed=2)
+    sibling = write_run(tmp_path / "sibling", migrated=3, failed=1)
+    sink = SqlOutcomeSink(lambda: sqlite3.connect(sqlite_path), "out", chunk_rows=4)
+    sink.write("run_1", first, "migrate[0]")
+    sink.write("run_1", sibling, "migrate[1]")
+    sink.write("run_1", second, "migrate[0]")  # the retry of map index 0
+    conn = sqlite3.connect(sqlite_path)
+    counts = dict(conn.execute("SELECT task_key, COUNT(*) FROM out_migrated GROUP BY task_key").fetchall())
+    failed = dict(conn.execute("SELECT task_key, COUNT(*) FROM out_failed GROUP BY task_key").fetchall())
+    conn.close()
+    assert counts == {"migrate[0]": 7, "migrate[1]": 3}
+    assert failed == {"migrate[0]": 2, "migrate[1]": 1}

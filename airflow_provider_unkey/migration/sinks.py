@@ -93,6 +93,7 @@ def validate_table_prefix(prefix: str) -> str:
 _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "migrated": (
         ("run_id", "VARCHAR(256) NOT NULL"),
+        ("task_key", "VARCHAR(256) NOT NULL"),
         ("hash", "VARCHAR(256) NOT NULL"),
         ("key_id", "VARCHAR(256) NOT NULL"),
         ("source_row", "BIGINT NOT NULL"),
@@ -101,6 +102,7 @@ _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "failed": (
         ("run_id", "VARCHAR(256) NOT NULL"),
+        ("task_key", "VARCHAR(256) NOT NULL"),
         # The hash as the source had it: a rejected one may be of any length.
         ("hash", "TEXT"),
         ("reason", "VARCHAR(256) NOT NULL"),
@@ -136,12 +138,15 @@ def _placeholders(paramstyle: str, count: int) -> str:
 class SqlOutcomeSink:
     """Appends a run's outcomes to the tables ``<prefix>_migrated`` and ``<prefix>_failed``.
 
-    ``<prefix>_migrated (run_id, hash, key_id, source_row, request_id, recorded_at)`` and
-    ``<prefix>_failed (run_id, hash, reason, stage, detail, source_row, request_id, recorded_at)`` are
-    created when missing (``VARCHAR(256)``, ``TEXT``, ``BIGINT``, ``TIMESTAMP``; ``DATETIME(6)`` on
+    ``<prefix>_migrated (run_id, task_key, hash, key_id, source_row, request_id, recorded_at)`` and
+    ``<prefix>_failed (run_id, task_key, hash, reason, stage, detail, source_row, request_id,
+    recorded_at)`` are created when missing (``VARCHAR(256)``, ``TEXT``, ``BIGINT``, ``TIMESTAMP``; ``DATETIME(6)`` on
     MySQL). ``recorded_at`` is the time of the write, in UTC, the same for all rows of one write.
 
-    Each table is written in one transaction: all of a run's rows, or none. The Parquet files are read
+    Each table is written in one transaction: all of a run's rows, or none. The rows of one
+    ``(run_id, task_key)`` replace any written before under the same pair, so a retried task (or a
+    rerun of the same Airflow run) does not append its outcomes twice, while mapped tasks of one run,
+    each with its own ``task_key``, keep theirs side by side. The Parquet files are read
     a batch at a time and inserted in chunks of ``chunk_rows`` (``executemany``; ``COPY`` with psycopg
     3; ``execute_values`` with psycopg2), so memory stays flat.
 
@@ -191,15 +196,20 @@ class SqlOutcomeSink:
                 finally:
                     cursor.close()
 
-    def write(self, run_id: str, local_dir: str | Path) -> dict[str, int]:
-        """Create the tables if needed and append the rows of the run's two Parquet files.
+    def write(self, run_id: str, local_dir: str | Path, task_key: str = "-") -> dict[str, int]:
+        """Create the tables if needed and write the rows of the run's two Parquet files.
 
         :param run_id: tags every row (e.g. the Airflow run id).
         :param local_dir: the directory with ``migrated.parquet`` and ``failed.parquet``.
+        :param task_key: which task of the run wrote them (``task_id`` or ``task_id[map_index]``);
+            rows already written under the same ``run_id`` and ``task_key`` are replaced.
         :return: outcome -> rows written.
         """
-        if not isinstance(run_id, str) or not run_id or len(run_id) > 256:
-            raise ValueError(f"run_id must be a non-empty string of at most 256 characters, got {run_id!r}")
+        for name, value in (("run_id", run_id), ("task_key", task_key)):
+            if not isinstance(value, str) or not value or len(value) > 256:
+                raise ValueError(
+                    f"{name} must be a non-empty string of at most 256 characters, got {value!r}"
+                )
         files = {name: Path(local_dir) / filename for name, filename in OUTPUT_FILES.items()}
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
@@ -214,10 +224,27 @@ class SqlOutcomeSink:
             # SQLite has no datetime type: store the ISO text its TIMESTAMP affinity expects.
             stamp: Any = recorded_at.isoformat(sep=" ") if family == "sqlite" else recorded_at
             written = {}
+            placeholders = _placeholders(_paramstyle(connection), 2).split(", ")
             for name, table in self.tables.items():
                 columns = [col for col, _ in _COLUMNS[name]]
-                rows = self._rows(files[name], columns, run_id, stamp)
+                rows = self._rows(files[name], columns, (run_id, task_key), stamp)
                 try:
+                    cursor = connection.cursor()
+                    try:
+                        cursor.execute(
+                            f"DELETE FROM {table} WHERE run_id = {placeholders[0]} AND task_key = {placeholders[1]}",
+                            (run_id, task_key),
+                        )
+                        if cursor.rowcount and cursor.rowcount > 0:
+                            log.info(
+                                "replacing %d rows of run %s, task %s in %s",
+                                cursor.rowcount,
+                                run_id,
+                                task_key,
+                                table,
+                            )
+                    finally:
+                        cursor.close()
                     written[name] = self._insert(connection, table, columns, rows)
                     connection.commit()
                 except BaseException:
@@ -229,15 +256,15 @@ class SqlOutcomeSink:
             connection.close()
 
     def _rows(
-        self, path: Path, columns: Sequence[str], run_id: str, stamp: Any
+        self, path: Path, columns: Sequence[str], tags: tuple[str, str], stamp: Any
     ) -> Iterator[list[tuple[Any, ...]]]:
         """The file's rows as insert tuples, ``chunk_rows`` at a time."""
-        data_columns = [c for c in columns if c not in ("run_id", "recorded_at")]
+        data_columns = [c for c in columns if c not in ("run_id", "task_key", "recorded_at")]
         parquet = pq.ParquetFile(path)
         try:
             for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=data_columns):
                 values = [batch.column(c).to_pylist() for c in data_columns]
-                yield [(run_id, *row, stamp) for row in zip(*values, strict=True)]
+                yield [(*tags, *row, stamp) for row in zip(*values, strict=True)]
         finally:
             parquet.close()
 
@@ -281,6 +308,7 @@ def write_outcomes(
     run_id: str,
     local_dir: str | Path,
     *,
+    task_key: str = "-",
     chunk_rows: int = 5_000,
 ) -> dict[str, int]:
     """Append a run's outcomes to ``<table_prefix>_migrated`` and ``<table_prefix>_failed``.
@@ -289,4 +317,4 @@ def write_outcomes(
 
     :return: outcome -> rows written.
     """
-    return SqlOutcomeSink(connect, table_prefix, chunk_rows=chunk_rows).write(run_id, local_dir)
+    return SqlOutcomeSink(connect, table_prefix, chunk_rows=chunk_rows).write(run_id, local_dir, task_key)

@@ -146,7 +146,7 @@ def upload_outputs(local_dir: str | Path, output_path: PathLike) -> dict[str, st
 
 
 def write_outcomes_to_sql(
-    conn_id: str, table_prefix: str, run_id: str, local_dir: str | Path, **kwargs: Any
+    conn_id: str, table_prefix: str, run_id: str, local_dir: str | Path, task_key: str = "-", **kwargs: Any
 ) -> dict[str, str]:
     """Append a run's outcomes to ``<table_prefix>_migrated`` and ``<table_prefix>_failed``.
 
@@ -157,11 +157,13 @@ def write_outcomes_to_sql(
     :param table_prefix: an SQL identifier, optionally schema-qualified.
     :param run_id: tags every row.
     :param local_dir: the local directory the run wrote.
+    :param task_key: the task (and map index) that wrote them: its earlier rows for ``run_id`` are
+        replaced, so a retried task does not write its outcomes twice.
     :param kwargs: passed on: ``chunk_rows``.
     :return: ``{"migrated_table": ..., "failed_table": ...}``.
     """
     sink = SqlOutcomeSink(sql_hook(conn_id).get_conn, table_prefix, **kwargs)
-    sink.write(run_id, local_dir)
+    sink.write(run_id, local_dir, task_key)
     return {f"{name}_table": table for name, table in sink.tables.items()}
 
 

@@ -270,8 +270,12 @@ class MigrateKeysOperator(BaseOperator):
             outputs = io.upload_outputs(work_dir, output_path)
             summary.outputs = dict(outputs)
             if self.output_conn_id and self.output_table_prefix:
+                map_index = getattr(context["ti"], "map_index", -1)
+                task_key = (
+                    self.task_id if map_index is None or map_index < 0 else f"{self.task_id}[{map_index}]"
+                )
                 tables = io.write_outcomes_to_sql(
-                    self.output_conn_id, self.output_table_prefix, context["run_id"], work_dir
+                    self.output_conn_id, self.output_table_prefix, context["run_id"], work_dir, task_key
                 )
                 summary.outputs.update(tables)
             self._push_frames(context, summary, outputs, work_dir)
