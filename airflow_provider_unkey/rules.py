@@ -89,6 +89,26 @@ _SHA256_BASE64_LAST_CHARS = frozenset("AEIMQUYcgkosw048")
 SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
 ALGORITHM_SHA256 = "sha256"
 ALGORITHM_SEAM = "github.com/seamapi/prefixed-api-key"
+#: A migration's algorithm by the names users give it; ``seam`` is a short alias.
+ALGORITHM_ALIASES: dict[str, str] = {
+    ALGORITHM_SHA256: ALGORITHM_SHA256,
+    ALGORITHM_SEAM: ALGORITHM_SEAM,
+    "seam": ALGORITHM_SEAM,
+}
+
+
+def canonical_algorithm(algorithm: str) -> str:
+    """A migration algorithm's canonical name (``sha256`` or the seam one; ``seam`` is an alias).
+
+    :raises ValueError: for any other name.
+    """
+    try:
+        return ALGORITHM_ALIASES[algorithm]
+    except KeyError:
+        raise ValueError(
+            f"unknown migration algorithm {algorithm!r}: use 'sha256' (Unkey's native) or "
+            f"'{ALGORITHM_SEAM}' (alias 'seam')"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

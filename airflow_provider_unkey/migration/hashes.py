@@ -15,15 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_unkey.rules import ALGORITHM_SEAM, ALGORITHM_SHA256
+from airflow_provider_unkey.rules import ALGORITHM_SHA256, canonical_algorithm
+
+__all__ = [
+    "HASH_FORMATS",
+    "HashFormat",
+    "canonical_algorithm",
+    "digests",
+    "encode",
+    "format_mask",
+    "wire_format",
+]
 
 HashFormat = Literal["sha256_base64", "sha256_hex"]
 HASH_FORMATS: tuple[str, ...] = ("sha256_base64", "sha256_hex")
-ALGORITHMS: dict[str, str] = {
-    "sha256": ALGORITHM_SHA256,
-    ALGORITHM_SEAM: ALGORITHM_SEAM,
-    "seam": ALGORITHM_SEAM,
-}
 DIGEST_SIZE = 32
 _BASE64_RE = r"^[A-Za-z0-9+/]{43}=$"
 _HEX_RE = r"^[0-9a-fA-F]{64}$"
@@ -33,17 +38,6 @@ for _i, _c in enumerate(b"0123456789abcdef"):
 for _i, _c in enumerate(b"ABCDEF"):
     _HEX_LOOKUP[_c] = 10 + _i
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def canonical_algorithm(algorithm: str) -> str:
-    """The migration algorithm's canonical name; ``seam`` is accepted as a short alias."""
-    try:
-        return ALGORITHMS[algorithm]
-    except KeyError:
-        raise ValueError(
-            f"unknown migration algorithm {algorithm!r}: use 'sha256' (Unkey's native) or "
-            f"'{ALGORITHM_SEAM}' (alias 'seam')"
-        ) from None
 
 
 def wire_format(algorithm: str) -> HashFormat:

@@ -74,11 +74,6 @@ PATH_VERIFY: Final = "/v2/keys.verifyKey"
 PATH_GET_API: Final = "/v2/apis.getApi"
 PATH_LIVENESS: Final = "/v2/liveness"
 
-_ALGORITHM_ALIASES: Final = {
-    rules.ALGORITHM_SHA256: rules.ALGORITHM_SHA256,
-    rules.ALGORITHM_SEAM: rules.ALGORITHM_SEAM,
-    "seam": rules.ALGORITHM_SEAM,
-}
 
 # Unkey ids are base58 after a prefix; a byte-translation table makes them ~free to generate in bulk
 # (the slight modulo bias is irrelevant for an emulator).
@@ -117,15 +112,6 @@ def seam_hash(plaintext: str) -> str:
     :return: 64 lowercase hex characters.
     """
     return hashlib.sha256(plaintext.rsplit("_", 1)[-1].encode()).hexdigest()
-
-
-def _normalise_algorithm(algorithm: str) -> str:
-    try:
-        return _ALGORITHM_ALIASES[algorithm]
-    except KeyError:
-        raise ValueError(
-            f"unknown migration algorithm {algorithm!r}; use one of {sorted(_ALGORITHM_ALIASES)}"
-        ) from None
 
 
 # --- public data ---------------------------------------------------------------------------------------
@@ -649,7 +635,7 @@ class UnkeyEmulator:
         :param algorithm: ``"sha256"`` or ``"github.com/seamapi/prefixed-api-key"`` (alias ``"seam"``).
         :raises ValueError: for any other algorithm.
         """
-        normalised = _normalise_algorithm(algorithm)
+        normalised = rules.canonical_algorithm(algorithm)
         with self._lock:
             self._migrations[migration_id] = _Migration(workspace_id, normalised)
 
@@ -1048,6 +1034,20 @@ class UnkeyEmulator:
             req, "The request body is not valid JSON.", [rules.Violation("body", "must be a JSON object")]
         )
 
+    def _api_in_reach(self, req: _Request, root: _RootKey, action: str, api_id: str) -> _Api | _Reply:
+        """The API, or the 403 (permission first, as the real handlers check) or 404 to answer."""
+        if not root.may(action, api_id):
+            return self._error(
+                req,
+                403,
+                f"The root key needs 'api.*.{action}' or 'api.{api_id}.{action}'.",
+                ERR_INSUFFICIENT_PERMISSIONS,
+            )
+        api = self._apis.get(api_id)
+        if api is None or api.workspace_id != root.workspace_id:
+            return self._error(req, 404, f"The API {api_id!r} does not exist.", ERR_API_NOT_FOUND)
+        return api
+
     def _migrate(self, req: _Request, body: Any, root: _RootKey) -> _Reply:
         if body is _INVALID_JSON:
             return self._invalid_json(req)
@@ -1058,16 +1058,9 @@ class UnkeyEmulator:
             )
         api_id: str = body["apiId"]
         migration_id: str = body["migrationId"]
-        if not root.may("create_key", api_id):
-            return self._error(
-                req,
-                403,
-                f"The root key needs 'api.*.create_key' or 'api.{api_id}.create_key'.",
-                ERR_INSUFFICIENT_PERMISSIONS,
-            )
-        api = self._apis.get(api_id)
-        if api is None or api.workspace_id != root.workspace_id:
-            return self._error(req, 404, f"The API {api_id!r} does not exist.", ERR_API_NOT_FOUND)
+        api = self._api_in_reach(req, root, "create_key", api_id)
+        if isinstance(api, _Reply):
+            return api
         migration = self._migrations.get(migration_id)
         if migration is None or migration.workspace_id != root.workspace_id:
             return self._error(
@@ -1229,16 +1222,9 @@ class UnkeyEmulator:
                 req, f"POST request body for '{PATH_GET_API}' failed to validate schema", violations
             )
         api_id: str = body["apiId"]
-        if not root.may("read_api", api_id):
-            return self._error(
-                req,
-                403,
-                f"The root key needs 'api.*.read_api' or 'api.{api_id}.read_api'.",
-                ERR_INSUFFICIENT_PERMISSIONS,
-            )
-        api = self._apis.get(api_id)
-        if api is None or api.workspace_id != root.workspace_id:
-            return self._error(req, 404, f"The API {api_id!r} does not exist.", ERR_API_NOT_FOUND)
+        api = self._api_in_reach(req, root, "read_api", api_id)
+        if isinstance(api, _Reply):
+            return api
         return self._ok(req, {"id": api_id, "name": api.name})
 
 
