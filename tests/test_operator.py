@@ -392,3 +392,40 @@ def test_postgres_source_and_table_sink(
     assert failed == [("already_exists", 299), ("invalid", 2)]
     assert runs == (2,)
     assert summary["outputs"]["migrated_table"] == "unkey_outcomes_migrated"
+
+
+def test_root_key_never_reaches_the_task_log(
+    airflow_db: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import os
+
+    caplog.set_level(logging.DEBUG)
+    secret = "unkey_root_Zq81vX0mP2sLk7"
+    with UnkeyEmulator.quick(root_key=secret, api_id="api_test", migration_id="mig_test", seed=3) as emu:
+        # Faults make the client log retries and errors: the places a careless client leaks a header.
+        emu.set_faults(error_rate=0.3, error_statuses=(500, 503), reset_rate=0.1)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_UNKEY_DEFAULT",
+            json.dumps({"conn_type": "unkey", "host": emu.url, "password": secret}),
+        )
+        path = tmp_path / "keys.parquet"
+        pq.write_table(simple_table(300), path)
+        state, report, output = run_dag("unkey_t_parquet", tmp_path, str(path))
+        failures = [r for r in emu.requests if r.status != 200]
+    out = capfd.readouterr()
+    task_logs = "".join(
+        p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"]).rglob("*.log")
+    )
+    text = out.out + out.err + caplog.text + task_logs
+    assert state == "success"
+    assert failures, "the faults should have caused retries"
+    assert "retrying in" in text
+    assert secret not in text
+    for name in ("migrated.parquet", "failed.parquet"):
+        assert secret.encode() not in (output / name).read_bytes()
+    assert secret not in json.dumps(report)
