@@ -137,7 +137,7 @@ def test_compaction_boundaries_and_logarithmic_runs() -> None:
     assert len(ours) == len(ref.first) == total
     merged = len(ours._runs)
     assert merged <= math.log2(total / buffer_size) + 2
-    assert ours.nbytes == total * (32 + 8 + 8)
+    assert ours.nbytes == total * (8 + 24 + 8)  # prefix, rest of the digest, source row
 
 
 def test_non_contiguous_input_and_empty_calls() -> None:

@@ -237,6 +237,11 @@ class ParquetSource:
             # A little read-ahead keeps the disk or network busy without letting memory grow.
             batch_readahead=4,
             fragment_readahead=2,
+            # Threaded scans run ahead of a slow consumer (the migration is paced by HTTP), and
+            # pre_buffer reads every row group of a file ahead: either lets memory grow with the file
+            # (measured on a 176 MiB file: 202 MiB of Arrow memory with pre_buffer, 34 MiB without).
+            use_threads=False,
+            fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
         )
         batches = scanner.to_batches()
         try:
