@@ -265,6 +265,141 @@ def _check_ratelimits(out: list[Violation], v: Any, loc: str) -> None:
             out.append(Violation(f"{rloc}.autoApply", "must be a boolean"))
 
 
+# --- fast paths ------------------------------------------------------------------------------------
+# Most keys are valid. These checks accept a key only when the full checks below would find nothing
+# (exact types from a JSON decoder: dict, list, str, int, bool); anything unusual or wrong falls
+# through to the full checks, which say what is wrong. The differential test against the spec runs
+# through them.
+_KEY_FIELD_SET = frozenset(KEY_FIELDS)
+_CREDITS_FIELD_SET = frozenset(CREDITS_FIELDS)
+_REFILL_FIELD_SET = frozenset(REFILL_FIELDS)
+
+
+def _fast_str(v: Any, low: int, high: int) -> bool:
+    return type(v) is str and low <= len(v) <= high
+
+
+def _fast_int(v: Any, low: int, high: int) -> bool:
+    return type(v) is int and low <= v <= high
+
+
+def _fast_key_ok(key: Any) -> bool:
+    """True only when :func:`key_schema_violations` would find nothing."""
+    if type(key) is not dict or not _KEY_FIELD_SET.issuperset(key):
+        return False
+    h = key.get("hash")
+    if type(h) is not str or len(h) < HASH_MIN_LENGTH:
+        return False
+    get = key.get
+    if "name" in key and not _fast_str(get("name"), NAME_MIN_LENGTH, NAME_MAX_LENGTH):
+        return False
+    if "externalId" in key and not _fast_str(
+        get("externalId"), EXTERNAL_ID_MIN_LENGTH, EXTERNAL_ID_MAX_LENGTH
+    ):
+        return False
+    if "meta" in key:
+        meta = get("meta")
+        if type(meta) is not dict or len(meta) > META_MAX_PROPERTIES:
+            return False
+    if "roles" in key:
+        roles = get("roles")
+        if type(roles) is not list or len(roles) > ROLES_MAX_ITEMS:
+            return False
+        if not all(_fast_str(r, ROLE_MIN_LENGTH, ROLE_MAX_LENGTH) for r in roles):
+            return False
+    if "permissions" in key:
+        perms = get("permissions")
+        if type(perms) is not list or len(perms) > PERMISSIONS_MAX_ITEMS:
+            return False
+        match = _PERMISSION_RE.match
+        if not all(type(p) is str and len(p) <= PERMISSION_MAX_LENGTH and match(p) for p in perms):
+            return False
+    if "expires" in key and not _fast_int(get("expires"), EXPIRES_MIN, EXPIRES_MAX):
+        return False
+    if "enabled" in key and type(get("enabled")) is not bool:
+        return False
+    if "credits" in key:
+        credits = get("credits")
+        if (
+            type(credits) is not dict
+            or "remaining" not in credits
+            or not _CREDITS_FIELD_SET.issuperset(credits)
+        ):
+            return False
+        remaining = credits["remaining"]
+        if remaining is not None and not _fast_int(remaining, CREDITS_REMAINING_MIN, CREDITS_MAX):
+            return False
+        if "refill" in credits:
+            refill = credits["refill"]
+            if (
+                type(refill) is not dict
+                or not _REFILL_FIELD_SET.issuperset(refill)
+                or refill.get("interval") not in REFILL_INTERVALS
+                or not _fast_int(refill.get("amount"), REFILL_AMOUNT_MIN, CREDITS_MAX)
+            ):
+                return False
+            if "refillDay" in refill and not _fast_int(refill["refillDay"], REFILL_DAY_MIN, REFILL_DAY_MAX):
+                return False
+    if "ratelimits" in key:
+        limits = get("ratelimits")
+        if type(limits) is not list or len(limits) > RATELIMITS_MAX_ITEMS:
+            return False
+        for rl in limits:
+            if (
+                type(rl) is not dict
+                or not _fast_str(rl.get("name"), RATELIMIT_NAME_MIN_LENGTH, RATELIMIT_NAME_MAX_LENGTH)
+                or type(rl.get("limit")) is not int
+                or rl["limit"] < RATELIMIT_LIMIT_MIN
+                or type(rl.get("duration")) is not int
+                or rl["duration"] < RATELIMIT_DURATION_MIN
+                or type(rl.get("autoApply")) is not bool
+            ):
+                return False
+    return True
+
+
+def _fast_int64(v: Any) -> bool:
+    return v is None or (type(v) is int and v <= INT64_MAX)
+
+
+def _fast_server_ok(key: Any) -> bool:
+    """True only when :func:`key_server_violations` would find nothing (for a schema-valid key)."""
+    if type(key) is not dict:
+        return False
+    h = key.get("hash")
+    if type(h) is not str or len(h) > HASH_MAX_STORED_LENGTH:
+        return False
+    if not _fast_int64(key.get("expires")):
+        return False
+    roles = key.get("roles")
+    if roles is not None and (type(roles) is not list or len(set(roles)) != len(roles)):
+        return False
+    credits = key.get("credits")
+    if credits is not None:
+        if type(credits) is not dict or not _fast_int64(credits.get("remaining")):
+            return False
+        refill = credits.get("refill")
+        if refill is not None and (
+            type(refill) is not dict
+            or not _fast_int64(refill.get("amount"))
+            or not _fast_int64(refill.get("refillDay"))
+            or (refill.get("interval") == "monthly" and "refillDay" not in refill)
+        ):
+            return False
+    limits = key.get("ratelimits")
+    if limits is not None:
+        if type(limits) is not list:
+            return False
+        for rl in limits:
+            if (
+                type(rl) is not dict
+                or not _fast_int64(rl.get("limit"))
+                or not _fast_int64(rl.get("duration"))
+            ):
+                return False
+    return True
+
+
 def key_schema_violations(key: Any, loc: str = "body.keys[0]") -> list[Violation]:
     """Check one key object against ``V2KeysMigrateKeyData``.
 
@@ -272,6 +407,8 @@ def key_schema_violations(key: Any, loc: str = "body.keys[0]") -> list[Violation
     :param loc: its location, used as the prefix of every violation's location.
     :return: every violation found; empty when the schema accepts the key.
     """
+    if _fast_key_ok(key):
+        return []
     out: list[Violation] = []
     if not _is_object(key):
         return [Violation(loc, "must be an object")]
@@ -366,6 +503,8 @@ def key_server_violations(key: Mapping[str, Any], loc: str = "body.keys[0]") -> 
     :param loc: its location.
     :return: violations with the status the server answers for the whole request (400 or 500).
     """
+    if _fast_server_ok(key):
+        return []
     out: list[Violation] = []
     for where, value in _int_fields(key, loc):
         # Go decodes into int64: 1.0 or 2**63 do not decode, the request is a 400.

@@ -58,7 +58,9 @@ def run_dag(dag_id: str, tmp_path: Path, source: str, **conf: Any) -> tuple[str,
     dag = next(d for d in vars(module).values() if getattr(d, "dag_id", None) == dag_id)
     output = tmp_path / "out"
     report = tmp_path / "report.json"
-    run = dag.test(run_conf={"source": source, "output_path": str(output), "report": str(report), **conf})
+    # Every param every time: a DAG keeps the params of its previous test run.
+    run_conf = {"migration_id": "mig_test", "api_id": "api_test", "partitions": 4, **conf}
+    run = dag.test(run_conf={"source": source, "output_path": str(output), "report": str(report), **run_conf})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states.get("report") == "success", states
     return str(states["migrate"]), json.loads(report.read_text()), output
