@@ -35,9 +35,13 @@ def main() -> int:
         from example_dags.example_unkey_migrate_keys import dag_object
 
         run = dag_object.test()
-        failed = Path(os.environ["AIRFLOW_HOME"]).glob(
-            "unkey_migrations/example_unkey_migrate_keys/*/migrate_keys/failed.parquet"
-        )
+        # This run's outputs: the newest failed.parquet (earlier demo runs leave theirs beside it).
+        failed = sorted(
+            Path(os.environ["AIRFLOW_HOME"]).glob(
+                "unkey_migrations/example_unkey_migrate_keys/*/migrate_keys/failed.parquet"
+            ),
+            key=lambda p: p.stat().st_mtime,
+        )[-1:]
         print(f"\nDAG run {run.run_id}: {run.state}")
         for path in failed:
             import pyarrow.parquet as pq
