@@ -431,3 +431,27 @@ def test_root_key_never_reaches_the_task_log(
     for name in ("migrated.parquet", "failed.parquet"):
         assert secret.encode() not in (output / name).read_bytes()
     assert secret not in json.dumps(report)
+
+
+def test_sql_from_a_templated_sql_file(
+    airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_path = tmp_path / "legacy.db"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT, owner TEXT)")
+        conn.executemany(
+            "INSERT INTO api_keys (key_hash, owner) VALUES (?, ?)",
+            [(b64(f"sk_file_{i}"), f"user_{i}") for i in range(20)],
+        )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    )
+    # The file's WHERE clause renders params.partitions: 7 rows of the 20.
+    state, report, output = run_dag("unkey_t_sqlite_file", tmp_path, "", partitions=7)
+    assert state == "success"
+    assert report["return_value"]["total"] == report["return_value"]["migrated"] == 7
+    assert_accounted(7, *outcomes(output), emulator)
+    assert emulator.keys[b64("sk_file_0")].request_fields() == {
+        "hash": b64("sk_file_0"),
+        "externalId": "user_0",
+    }

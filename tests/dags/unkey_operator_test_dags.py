@@ -7,6 +7,7 @@ writes what ``migrate`` pushed to XCom into the JSON file named by ``params.repo
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pendulum
@@ -70,13 +71,14 @@ def report(mapped: bool = False, params: dict[str, Any] | None = None, ti: Any =
         )
 
 
-def scenario(dag_id: str, **operator_kwargs: Any) -> Any:
+def scenario(dag_id: str, dag_kwargs: dict[str, Any] | None = None, **operator_kwargs: Any) -> Any:
     @dag(
         dag_id=dag_id,
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         params=PARAMS,
+        **(dag_kwargs or {}),
     )
     def build() -> None:
         migrate = MigrateKeysOperator(
@@ -97,6 +99,13 @@ parquet_small_xcom = scenario(
 )
 parquet_ratio = scenario("unkey_t_parquet_ratio", parquet_path="{{ params.source }}", max_invalid_ratio=0.05)
 sqlite = scenario("unkey_t_sqlite", sql="{{ params.source }}", sql_conn_id="unkey_test_sqlite")
+# The query from a .sql file, rendered as a template (it reads params.partitions).
+sqlite_file = scenario(
+    "unkey_t_sqlite_file",
+    dag_kwargs={"template_searchpath": [os.path.dirname(os.path.abspath(__file__))]},
+    sql="sqlite_keys.sql",
+    sql_conn_id="unkey_test_sqlite",
+)
 postgres = scenario(
     "unkey_t_postgres",
     sql="{{ params.source }}",
