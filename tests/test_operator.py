@@ -390,9 +390,11 @@ def test_postgres_source_and_table_sink(
             "SELECT reason, count(*) FROM unkey_outcomes_failed GROUP BY reason ORDER BY reason"
         ).fetchall()
         runs = conn.execute("SELECT count(DISTINCT run_id) FROM unkey_outcomes_failed").fetchone()
+        task_keys = conn.execute("SELECT DISTINCT task_key FROM unkey_outcomes_failed").fetchall()
     assert [count for _, count in migrated] == [299]
     assert failed == [("already_exists", 299), ("invalid", 2)]
     assert runs == (2,)
+    assert task_keys == [("migrate#try1",)]
     assert summary["outputs"]["migrated_table"] == "unkey_outcomes_migrated"
 
 

@@ -294,3 +294,19 @@ def test_a_retried_task_replaces_its_rows_and_keeps_its_siblings(tmp_path: Path,
     conn.close()
     assert counts == {"migrate[0]": 7, "migrate[1]": 3}
     assert failed == {"migrate[0]": 2, "migrate[1]": 1}
+
+
+def test_copy_outputs_keeps_an_earlier_try_s_files(tmp_path: Path) -> None:
+    """A retried task must not overwrite the only record of the key ids its earlier try created."""
+    destination = tmp_path / "out"
+    first = write_run(tmp_path / "try1", migrated=9, failed=2)
+    second = write_run(tmp_path / "try2", migrated=0, failed=11)
+    copy_outputs(first, str(destination))
+    copy_outputs(second, str(destination))
+    kept = sorted(p.name for p in destination.glob("*.previous-*.parquet"))
+    assert (
+        len(kept) == 2 and kept[0].startswith("failed.previous-") and kept[1].startswith("migrated.previous-")
+    )
+    earlier = destination / kept[1]
+    assert pq.read_metadata(earlier).num_rows == 9
+    assert pq.read_metadata(destination / "migrated.parquet").num_rows == 0

@@ -34,7 +34,9 @@ def copy_outputs(local_dir: str | Path, destination: str, filesystem: Any | None
     """Copy ``migrated.parquet`` and ``failed.parquet`` from ``local_dir`` into ``destination``.
 
     The files are streamed (fsspec's ``put_file`` copies in blocks), so their size does not matter.
-    Files of the same name at the destination are replaced.
+    Files of the same name already at the destination (an earlier try of the same task) are kept,
+    renamed ``migrated.previous-<UTC time>.parquet``: they may hold the only record of key ids that
+    Unkey will not return again.
 
     :param local_dir: the local directory the run wrote.
     :param destination: a directory: a path on ``filesystem``, or a URL (``s3://bucket/runs/1``) when
@@ -55,8 +57,13 @@ def copy_outputs(local_dir: str | Path, destination: str, filesystem: Any | None
     root = destination.rstrip("/") or "/"
     filesystem.makedirs(root, exist_ok=True)
     copied = {}
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     for name, path in sources.items():
         target = f"{root.rstrip('/')}/{path.name}"
+        if filesystem.exists(target):
+            kept = f"{root.rstrip('/')}/{path.stem}.previous-{stamp}{path.suffix}"
+            filesystem.mv(target, kept)
+            log.warning("kept the earlier %s as %s", target, kept)
         filesystem.put_file(str(path), target)
         copied[name] = str(filesystem.unstrip_protocol(target))
     return copied

@@ -270,10 +270,13 @@ class MigrateKeysOperator(BaseOperator):
             outputs = io.upload_outputs(work_dir, output_path)
             summary.outputs = dict(outputs)
             if self.output_conn_id and self.output_table_prefix:
-                map_index = getattr(context["ti"], "map_index", -1)
+                # One key per try: a retry's rows go beside the earlier try's, which may hold key ids
+                # that Unkey will not return again (it answers those hashes as already existing).
+                ti = context["ti"]
+                map_index = getattr(ti, "map_index", -1)
                 task_key = (
                     self.task_id if map_index is None or map_index < 0 else f"{self.task_id}[{map_index}]"
-                )
+                ) + f"#try{getattr(ti, 'try_number', 1)}"
                 tables = io.write_outcomes_to_sql(
                     self.output_conn_id, self.output_table_prefix, context["run_id"], work_dir, task_key
                 )
