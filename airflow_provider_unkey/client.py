@@ -344,13 +344,13 @@ class UnkeyClient:
             rate_limit=rate_limit,
         )
 
-    def _send_once(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
+    def _send_once(self, method: str, path: str, body: bytes | None, authenticate: bool) -> dict[str, Any]:
         try:
             response = self.session.request(
                 method,
                 self.base_url + path,
                 data=body,
-                headers={"Authorization": f"Bearer {self._root_key}"},
+                headers={"Authorization": f"Bearer {self._root_key}"} if authenticate else None,
                 timeout=self.timeout,
             )
         except requests.exceptions.ConnectTimeout as exc:
@@ -419,7 +419,7 @@ class UnkeyClient:
                 with attempt:
                     attempts += 1
                     try:
-                        payload = self._send_once(method, path, body)
+                        payload = self._send_once(method, path, body, path != LIVENESS_PATH)
                     except UnkeyTransportError as exc:
                         if exc.sent:
                             unanswered += 1

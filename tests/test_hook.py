@@ -502,3 +502,16 @@ def test_every_request_the_client_sends_validates(
     for path, body in sent_bodies:
         if body is not None:
             assert_valid_request(path, body)
+
+
+def test_root_key_goes_only_to_authenticated_calls(emulator: UnkeyEmulator, client: UnkeyClient) -> None:
+    seen: dict[str, str | None] = {}
+
+    def hook(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        seen[response.request.path_url] = response.request.headers.get("Authorization")
+
+    client.session.hooks["response"].append(hook)
+    assert client.liveness() == "OK"
+    client.get_api(API_ID)
+    assert seen["/v2/liveness"] is None
+    assert seen["/v2/apis.getApi"] == f"Bearer {ROOT_KEY}"
