@@ -377,7 +377,7 @@ def test_retry_after_longer_than_policy_allows_is_raised_at_once() -> None:
         started = time.monotonic()
         with pytest.raises(UnkeyRateLimitError):
             client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_b"))
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10  # not the 30 s the server asked for
         assert len(emu.requests) == 2
 
 
@@ -388,7 +388,7 @@ def test_retry_budget_bounds_total_time(emulator: UnkeyEmulator) -> None:
     started = time.monotonic()
     with pytest.raises(UnkeyServerError):
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_budget"))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5  # bounded by the budget, not by 100 attempts
     assert 2 <= len(emulator.requests) <= 4
 
 
