@@ -457,3 +457,27 @@ def test_sql_from_a_templated_sql_file(
         "hash": b64("sk_file_0"),
         "externalId": "user_0",
     }
+
+
+def test_a_source_failing_midway_keeps_the_key_ids_already_created(
+    airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_path = tmp_path / "legacy.db"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT)")
+        conn.executemany(
+            "INSERT INTO api_keys (key_hash) VALUES (?)", [(b64(f"sk_mid_{i}"),) for i in range(12_000)]
+        )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    )
+    # SQLite raises "integer overflow" when it reaches row 11,000: after the first chunk was migrated.
+    sql = (
+        'SELECT key_hash AS "hash" FROM api_keys '
+        "WHERE CASE WHEN id > 11000 THEN abs(-9223372036854775808) ELSE 1 END ORDER BY id"
+    )
+    state, _report, output = run_dag("unkey_t_sqlite", tmp_path, sql)
+    assert state == "failed"
+    assert len(emulator.keys) >= 9_000  # most of the first chunk reached Unkey before the error
+    migrated = pq.read_table(output / "migrated.parquet").to_pylist()
+    assert {m["hash"]: m["key_id"] for m in migrated} == {h: k.key_id for h, k in emulator.keys.items()}

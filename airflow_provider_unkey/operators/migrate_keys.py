@@ -267,6 +267,11 @@ class MigrateKeysOperator(BaseOperator):
                 if exc.summary is None:
                     raise
                 aborted, summary = exc, exc.summary
+            except Exception:
+                # Whatever stopped the run, keep what it recorded: the ids of the keys it created are
+                # nowhere else (Unkey answers those hashes as existing from now on).
+                self._save_partial_outputs(work_dir, output_path)
+                raise
             outputs = io.upload_outputs(work_dir, output_path)
             summary.outputs = dict(outputs)
             if self.output_conn_id and self.output_table_prefix:
@@ -304,6 +309,20 @@ class MigrateKeysOperator(BaseOperator):
             raise AirflowFailException(str(aborted))
         self._check_ratios(summary, context, result)
         return result
+
+    def _save_partial_outputs(self, work_dir: Path, output_path: str) -> None:
+        from airflow_provider_unkey.operators import io
+
+        if not (work_dir / "migrated.parquet").exists() or not (work_dir / "failed.parquet").exists():
+            return
+        try:
+            outputs = io.upload_outputs(work_dir, output_path)
+        except Exception:
+            self.log.exception(
+                "The run failed, and its partial outcomes could not be saved from %s", work_dir
+            )
+            return
+        self.log.error("The run failed; the outcomes it recorded before failing are in %s", outputs)
 
     def _check_ratios(self, summary: MigrationSummary, context: Context, result: dict[str, Any]) -> None:
         if not summary.total:
