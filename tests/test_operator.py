@@ -481,3 +481,8 @@ def test_a_source_failing_midway_keeps_the_key_ids_already_created(
     assert len(emulator.keys) >= 9_000  # most of the first chunk reached Unkey before the error
     migrated = pq.read_table(output / "migrated.parquet").to_pylist()
     assert {m["hash"]: m["key_id"] for m in migrated} == {h: k.key_id for h, k in emulator.keys.items()}
+    # Every row read before the error has its outcome: the first chunk of 10,000.
+    failed = pq.read_table(output / "failed.parquet").to_pylist()
+    assert len(migrated) + len(failed) == 10_000
+    assert {f["reason"] for f in failed} <= {"not_sent"}
+    assert all("reading the source failed" in f["detail"] for f in failed)

@@ -517,8 +517,29 @@ def run_migration(
 
     abort = threading.Event()
 
+    def read() -> Iterator[pa.RecordBatch]:
+        """The source's batches; if reading fails, the rows read but not yet sent get an outcome."""
+        iterator = iter(source)
+        while True:
+            try:
+                record_batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                tail = batcher.flush()
+                if tail is not None:
+                    writer.failed(
+                        tail.hashes,
+                        tail.rows,
+                        Reason.NOT_SENT,
+                        Stage.SEND,
+                        f"not sent: reading the source failed after this row ({type(exc).__name__}: {exc})",
+                    )
+                raise
+            yield record_batch
+
     def batches() -> Iterator[Batch]:
-        for record_batch in source:
+        for record_batch in read():
             if abort.is_set():
                 break
             t0 = time.monotonic()
