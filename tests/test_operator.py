@@ -486,3 +486,25 @@ def test_a_source_failing_midway_keeps_the_key_ids_already_created(
     assert len(migrated) + len(failed) == 10_000
     assert {f["reason"] for f in failed} <= {"not_sent"}
     assert all("reading the source failed" in f["detail"] for f in failed)
+
+
+def test_mapped_by_hash_catches_duplicates_across_files(
+    airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(simple_table(150), data / "a.parquet")
+    # The second file repeats 20 keys of the first: by hash, each repeat meets its first occurrence.
+    pq.write_table(pa.concat_tables([simple_table(20), simple_table(130, offset=150)]), data / "b.parquet")
+    state, report, output = run_dag("unkey_t_mapped_by_hash", tmp_path, str(data), partitions=4)
+    assert state == "success"
+    summaries = report["return_value"]
+    assert len(summaries) == 4
+    assert sum(s["total"] for s in summaries) == 300
+    assert sum(s["migrated"] for s in summaries) == 280
+    assert sum(s["failed_by_reason"].get("duplicate_in_source", 0) for s in summaries) == 20
+    assert len(emulator.keys) == 280
+    assert all(c == 1 for c in emulator.hash_counts.values())
+    for i, summary in enumerate(summaries):
+        migrated, failed = outcomes(output / f"part_{i}")
+        assert len(migrated) + len(failed) == summary["total"]

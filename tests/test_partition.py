@@ -284,3 +284,38 @@ def test_sql_partitions_on_mysql_with_a_case_insensitive_collation() -> None:
         _check_sql_partitions(partitions, run, rows, 5, 38)
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("hash_format", ["sha256_base64", "sha256_hex"])
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 40])
+def test_hash_partition_masks_cover_every_row_once(hash_format: str, n: int) -> None:
+    import base64
+    import hashlib
+
+    import pyarrow as pa
+
+    from airflow_provider_unkey.migration.partition import first_characters, hash_partition_mask
+
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(500)]
+    if hash_format == "sha256_base64":
+        values: list[str | None] = [base64.b64encode(d).decode() for d in digests]
+    else:
+        values = [d.hex() if i % 2 else d.hex().upper() for i, d in enumerate(digests)]
+    values += [None, "", "~odd", values[0], values[1]]  # odd rows and repeats
+    hashes = pa.array(values, pa.string())
+    count = len(first_characters(n, hash_format)[0])
+    masks = [hash_partition_mask(hashes, i, count, hash_format).to_pylist() for i in range(count)]
+    owners = [[i for i in range(count) if masks[i][row]] for row in range(len(values))]
+    assert all(len(o) == 1 for o in owners), "every row in exactly one partition"
+    assert owners[-5:-2] == [[count - 1]] * 3  # null, empty and odd rows go to the last one
+    assert owners[-2] == owners[0] and owners[-1] == owners[1]  # a repeat meets its first
+    if hash_format == "sha256_hex":
+        # The same digest in either case falls in one partition.
+        upper = pa.array([values[2].upper()])  # type: ignore[union-attr]
+        lower = pa.array([values[2].lower()])  # type: ignore[union-attr]
+        assert [hash_partition_mask(upper, i, count, hash_format)[0].as_py() for i in range(count)] == [
+            hash_partition_mask(lower, i, count, hash_format)[0].as_py() for i in range(count)
+        ]
+    if count > 1:
+        sizes = [sum(m[:500]) for m in masks]
+        assert max(sizes) < 2.5 * 500 / count, sizes

@@ -8,6 +8,8 @@ and storage URIs.
   ``{"parquet_path": <the source>, "parquet_row_groups": {<file>: [<row group>, ...]}}``. Keeping the
   source (directory, glob or list) as it was keeps hive partition columns and the schema the same in
   every partition.
+* Parquet can also split by the first character of the hash (:func:`parquet_hash_partitions`): every
+  task reads the whole source and keeps its share, so duplicates across files meet in one partition.
 * SQL splits by the first character of the hash column, so that equal hashes, and hence duplicates,
   always land in the same partition and deduplication stays complete: :func:`sql_partitions` returns
   ``{"sql": "SELECT * FROM (<sql>) AS unkey_src WHERE ..."}``.
@@ -21,11 +23,16 @@ import string
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from airflow_provider_unkey.migration.sources import ParquetSource
 
 #: The keys of a Parquet partition dict (the operator's arguments of the same names).
 PARQUET_PATH_KEY = "parquet_path"
 PARQUET_ROW_GROUPS_KEY = "parquet_row_groups"
+#: The key of a Parquet partition by hash (the operator's ``hash_partition``).
+HASH_PARTITION_KEY = "hash_partition"
 #: The key of an SQL partition dict.
 SQL_KEY = "sql"
 #: The alias of the wrapped query.
@@ -143,6 +150,93 @@ HASH_FIRST_CHARACTERS: dict[str, tuple[tuple[tuple[str, ...], ...], bool]] = {
 }
 
 
+def first_characters(n: int, hash_format: str) -> tuple[list[list[str]], list[str]]:
+    """Deal the characters a hash can start with to at most ``n`` partitions, about evenly.
+
+    The groups of first characters are dealt heaviest first, each to the lightest partition: digests
+    are uniform, so the partitions get about equal shares. The same ``n`` and ``hash_format`` always
+    give the same answer, so a partition can be rebuilt from its index.
+
+    :return: each partition's characters, and every character of the alphabet (a hash starting with
+        none of them, or no hash at all, belongs to the last partition).
+    """
+    if n < 1:
+        raise ValueError(f"the number of partitions must be at least 1, got {n}")
+    try:
+        groups, case_sensitive = HASH_FIRST_CHARACTERS[hash_format]
+    except KeyError:
+        raise ValueError(
+            f"hash_format must be one of {sorted(HASH_FIRST_CHARACTERS)}, got {hash_format!r}"
+        ) from None
+    n = min(n, len(groups))
+    # Every digit of a digest is equally likely: in base64 a letter group holds two of the 64
+    # characters, in hex every group is one of the 16 nibbles.
+    weights = {group: len(group) if case_sensitive else 1 for group in groups}
+    heap = [(0, i) for i in range(n)]
+    chars: list[list[str]] = [[] for _ in range(n)]
+    for group in sorted(groups, key=weights.__getitem__, reverse=True):
+        load, i = heapq.heappop(heap)
+        chars[i].extend(group)
+        heapq.heappush(heap, (load + weights[group], i))
+    return chars, [c for group in groups for c in group]
+
+
+def hash_partition_mask(hashes: pa.Array, index: int, count: int, hash_format: str) -> pa.BooleanArray:
+    """Which of ``hashes`` belong to partition ``index`` of ``count`` (as :func:`first_characters` deals).
+
+    Equal hashes always fall in the same partition, so deduplication inside each partition is
+    deduplication across the whole source. Nulls, empty hashes and hashes starting with a character
+    outside the alphabet belong to the last partition, so every row is in exactly one.
+    """
+    chars, every = first_characters(count, hash_format)
+    if not 0 <= index < len(chars):
+        raise ValueError(f"partition index {index} is outside 0..{len(chars) - 1}")
+    if pa.types.is_dictionary(hashes.type):
+        hashes = hashes.dictionary_decode()
+    first = pc.utf8_slice_codeunits(hashes, 0, 1)
+    mine = pc.fill_null(pc.is_in(first, value_set=pa.array(chars[index], pa.string())), False)
+    if index < len(chars) - 1:
+        return mine
+    known = pc.fill_null(pc.is_in(first, value_set=pa.array(every, pa.string())), False)
+    return pc.or_(mine, pc.invert(known))
+
+
+def parquet_hash_partitions(
+    parquet_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    n: int,
+    *,
+    hash_column: str = "hash",
+    hash_format: str = "sha256_base64",
+) -> list[dict[str, Any]]:
+    """Split a Parquet source into at most ``n`` partitions by the first character of the hash.
+
+    Each mapped task reads the whole source and keeps its share of the rows, so the source is read
+    ``n`` times; in exchange, duplicates across files land in one partition and are caught as
+    ``duplicate_in_source``, as with :func:`sql_partitions`.
+
+    :return: ``[{"parquet_path": ..., "hash_partition": {"index": i, "count": n, "column": ...,
+        "hash_format": ...}}, ...]``.
+    """
+    chars, _ = first_characters(n, hash_format)
+    path_value: str | list[str] = (
+        os.fspath(parquet_path)
+        if isinstance(parquet_path, str | os.PathLike)
+        else [os.fspath(p) for p in parquet_path]
+    )
+    return [
+        {
+            PARQUET_PATH_KEY: path_value,
+            HASH_PARTITION_KEY: {
+                "index": i,
+                "count": len(chars),
+                "column": hash_column,
+                "hash_format": hash_format,
+            },
+        }
+        for i in range(len(chars))
+    ]
+
+
 def quote_identifier(name: str, dialect: str | None = None) -> str:
     """``name`` quoted as one SQL identifier: backticks for MySQL/MariaDB, double quotes otherwise.
 
@@ -189,28 +283,13 @@ def sql_partitions(
     """
     if n < 1:
         raise ValueError(f"the number of partitions must be at least 1, got {n}")
-    try:
-        groups, case_sensitive = HASH_FIRST_CHARACTERS[hash_format]
-    except KeyError:
-        raise ValueError(
-            f"hash_format must be one of {sorted(HASH_FIRST_CHARACTERS)}, got {hash_format!r}"
-        ) from None
     inner = sql.strip().rstrip(";").rstrip()
     if not inner:
         raise ValueError("the query is empty")
     column = quote_identifier(hash_column, dialect)
     first = f"SUBSTR({column}, 1, 1)"
-    n = min(n, len(groups))
-    # Every digit of a digest is equally likely: in base64 a letter group holds two of the 64
-    # characters, in hex every group is one of the 16 nibbles.
-    weights = {group: len(group) if case_sensitive else 1 for group in groups}
-    heap = [(0, i) for i in range(n)]
-    chars: list[list[str]] = [[] for _ in range(n)]
-    for group in sorted(groups, key=weights.__getitem__, reverse=True):
-        load, i = heapq.heappop(heap)
-        chars[i].extend(group)
-        heapq.heappush(heap, (load + weights[group], i))
-    every = [c for group in groups for c in group]
+    chars, every = first_characters(n, hash_format)
+    n = len(chars)
     out = []
     for i, mine in enumerate(chars):
         predicate = f"{first} IN ({_literals(mine)})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.fs as pafs
 from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -168,21 +168,34 @@ def write_outcomes_to_sql(
 
 
 def parquet_partitions(
-    path_or_uri: PathLike | Sequence[PathLike], n: int, *, by: partition.PartitionBy = "auto"
+    path_or_uri: PathLike | Sequence[PathLike],
+    n: int,
+    *,
+    by: partition.PartitionBy | Literal["hash"] = "auto",
+    hash_column: str = "hash",
+    hash_format: str = "sha256_base64",
 ) -> list[dict[str, Any]]:
     """Split a Parquet source into at most ``n`` partitions for ``MigrateKeysOperator.expand_kwargs``.
 
     :param path_or_uri: the source, as :func:`parquet_source` takes it.
     :param n: how many partitions at most.
-    :param by: ``auto``, ``files`` or ``row_groups``; see
-        :func:`~airflow_provider_unkey.migration.partition.parquet_partitions`.
-    :return: ``[{"parquet_path": path_or_uri, "parquet_row_groups": {file: [row group, ...]}}, ...]``.
+    :param by: ``auto``, ``files`` or ``row_groups`` (see
+        :func:`~airflow_provider_unkey.migration.partition.parquet_partitions`): each task reads its
+        share of the files; or ``hash``: each task reads the whole source and keeps the rows whose hash
+        falls in its partition, so duplicates across files are caught (see
+        :func:`~airflow_provider_unkey.migration.partition.parquet_hash_partitions`).
+    :param hash_column: with ``by="hash"``: the column that holds the hash.
+    :param hash_format: with ``by="hash"``: what that column holds.
+    :return: ``[{"parquet_path": ..., "parquet_row_groups": {...}}, ...]`` or, by hash,
+        ``[{"parquet_path": ..., "hash_partition": {...}}, ...]``.
     """
     given: str | list[str]
     if isinstance(path_or_uri, str | os.PathLike | ObjectStoragePath):
         given = _as_text(path_or_uri)
     else:
         given = [_as_text(p) for p in path_or_uri]
+    if by == "hash":
+        return partition.parquet_hash_partitions(given, n, hash_column=hash_column, hash_format=hash_format)
     return partition.parquet_partitions(parquet_source(path_or_uri), n, parquet_path=given, by=by)
 
 

@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,9 @@ class MigrateKeysOperator(BaseOperator):
         path or any ``ObjectStoragePath`` URI (``file://``, ``s3://conn_id@bucket/...``). Templated.
     :param parquet_row_groups: read only these row groups (``{file: [indexes]}``), as produced by the
         partition helper.
+    :param hash_partition: keep only the rows whose hash falls in this partition
+        (``{"index", "count", "column", "hash_format"}``), as ``parquet_partitions(..., by="hash")``
+        produces; other rows belong to other tasks and get no outcome here.
     :param sql: a query (templated; a path ending in ``.sql`` is read as a template).
     :param sql_conn_id: the common-sql connection to run ``sql`` on.
     :param sql_parameters: parameters for ``sql``.
@@ -115,6 +118,7 @@ class MigrateKeysOperator(BaseOperator):
         unkey_conn_id: str = UnkeyHook.default_conn_name,
         parquet_path: str | list[str] | None = None,
         parquet_row_groups: dict[str, list[int]] | None = None,
+        hash_partition: dict[str, Any] | None = None,
         sql: str | None = None,
         sql_conn_id: str | None = None,
         sql_parameters: dict[str, Any] | Sequence[Any] | None = None,
@@ -165,6 +169,7 @@ class MigrateKeysOperator(BaseOperator):
         self.unkey_conn_id = unkey_conn_id
         self.parquet_path = parquet_path
         self.parquet_row_groups = parquet_row_groups
+        self.hash_partition = hash_partition
         self.sql = sql
         self.sql_conn_id = sql_conn_id
         self.sql_parameters = sql_parameters
@@ -191,9 +196,25 @@ class MigrateKeysOperator(BaseOperator):
 
         if self.parquet_path is not None:
             source = io.parquet_source(self.parquet_path, row_groups=self.parquet_row_groups)
+            if self.hash_partition is not None:
+                return self._only_my_partition(source), None
             return source, source.count_rows()
         assert self.sql is not None and self.sql_conn_id is not None
         return io.sql_source(self.sql, self.sql_conn_id, self.sql_parameters), None
+
+    def _only_my_partition(self, source: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from airflow_provider_unkey.migration.partition import hash_partition_mask
+
+        assert self.hash_partition is not None
+        spec = self.hash_partition
+        column, index, count = spec.get("column", "hash"), int(spec["index"]), int(spec["count"])
+        hash_format = spec.get("hash_format", self.hash_format)
+        for batch in source:
+            if column not in batch.schema.names:
+                raise ValueError(
+                    f"hash_partition names the column {column!r}, which the source does not have"
+                )
+            yield batch.filter(hash_partition_mask(batch.column(column), index, count, hash_format))
 
     def _default_output_path(self, context: Context) -> str:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))

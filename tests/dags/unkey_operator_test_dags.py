@@ -136,3 +136,26 @@ def mapped() -> None:
 
 
 mapped_dag = mapped()
+
+
+@dag(
+    dag_id="unkey_t_mapped_by_hash",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params=PARAMS,
+)
+def mapped_by_hash() -> None:
+    @task
+    def partitions(params: dict[str, Any]) -> list[dict[str, Any]]:
+        from airflow_provider_unkey.operators.io import parquet_partitions
+
+        return parquet_partitions(params["source"], int(params["partitions"]), by="hash")
+
+    migrate = MigrateKeysOperator.partial(
+        task_id="migrate", output_path="{{ params.output_path }}/part_{{ ti.map_index }}", **COMMON
+    ).expand_kwargs(partitions())
+    migrate >> report(mapped=True)
+
+
+mapped_by_hash_dag = mapped_by_hash()
