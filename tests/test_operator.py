@@ -86,6 +86,19 @@ def assert_accounted(
     assert not sent_again, sent_again
 
 
+def legacy_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ddl: str, insert: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """A legacy SQLite database, registered as the connection ``unkey_test_sqlite``."""
+    db_path = tmp_path / "legacy.db"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(ddl)
+        conn.executemany(insert, rows)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    )
+
+
 def simple_table(n: int, offset: int = 0) -> pa.Table:
     return pa.table(
         {
@@ -294,16 +307,13 @@ def test_unknown_migration_stops_at_once(airflow_db: None, emulator: UnkeyEmulat
 def test_sqlite_source(
     airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db_path = tmp_path / "legacy.db"
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT, owner TEXT, scopes TEXT)")
-        conn.executemany(
-            "INSERT INTO api_keys (key_hash, owner, scopes) VALUES (?, ?, ?)",
-            [(b64(f"sk_sqlite_{i}"), f"user_{i}", "a.read,b.write") for i in range(250)]
-            + [(None, "x", "a.read")],
-        )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    legacy_sqlite(
+        tmp_path,
+        monkeypatch,
+        "CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT, owner TEXT, scopes TEXT)",
+        "INSERT INTO api_keys (key_hash, owner, scopes) VALUES (?, ?, ?)",
+        [(b64(f"sk_sqlite_{i}"), f"user_{i}", "a.read,b.write") for i in range(250)]
+        + [(None, "x", "a.read")],
     )
     sql = 'SELECT key_hash AS "hash", owner AS "externalId", scopes AS permissions FROM api_keys ORDER BY id'
     state, report, output = run_dag("unkey_t_sqlite", tmp_path, sql)
@@ -438,15 +448,12 @@ def test_root_key_never_reaches_the_task_log(
 def test_sql_from_a_templated_sql_file(
     airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db_path = tmp_path / "legacy.db"
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT, owner TEXT)")
-        conn.executemany(
-            "INSERT INTO api_keys (key_hash, owner) VALUES (?, ?)",
-            [(b64(f"sk_file_{i}"), f"user_{i}") for i in range(20)],
-        )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    legacy_sqlite(
+        tmp_path,
+        monkeypatch,
+        "CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT, owner TEXT)",
+        "INSERT INTO api_keys (key_hash, owner) VALUES (?, ?)",
+        [(b64(f"sk_file_{i}"), f"user_{i}") for i in range(20)],
     )
     # The file's WHERE clause renders params.partitions: 7 rows of the 20.
     state, report, output = run_dag("unkey_t_sqlite_file", tmp_path, "", partitions=7)
@@ -462,14 +469,12 @@ def test_sql_from_a_templated_sql_file(
 def test_a_source_failing_midway_keeps_the_key_ids_already_created(
     airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db_path = tmp_path / "legacy.db"
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT)")
-        conn.executemany(
-            "INSERT INTO api_keys (key_hash) VALUES (?)", [(b64(f"sk_mid_{i}"),) for i in range(12_000)]
-        )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_UNKEY_TEST_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db_path)})
+    legacy_sqlite(
+        tmp_path,
+        monkeypatch,
+        "CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT)",
+        "INSERT INTO api_keys (key_hash) VALUES (?)",
+        [(b64(f"sk_mid_{i}"),) for i in range(12_000)],
     )
     # SQLite raises "integer overflow" when it reaches row 11,000: after the first chunk was migrated.
     sql = (

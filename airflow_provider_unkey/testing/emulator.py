@@ -802,6 +802,17 @@ class UnkeyEmulator:
         body = _dumps({"meta": {"requestId": req.request_id}, "error": error})
         return _Reply(status, body, problem=True, headers=headers, close=close, fault=fault)
 
+    def _bad_framing(self, req: _Request, exc: _BadFraming, location: str) -> _Reply:
+        """400 for a body that cannot be read as sent; the connection cannot be reused after it."""
+        return self._error(
+            req,
+            400,
+            str(exc),
+            ERR_INVALID_INPUT,
+            close=True,
+            errors=[{"location": location, "message": str(exc)}],
+        )
+
     def _bad_request(self, req: _Request, detail: str, violations: Iterable[rules.Violation]) -> _Reply:
         return self._error(req, 400, detail, ERR_INVALID_INPUT, errors=_violation_entries(violations))
 
@@ -823,14 +834,7 @@ class UnkeyEmulator:
         try:
             length = req.content_length()
         except _BadFraming as exc:
-            return self._error(
-                req,
-                400,
-                str(exc),
-                ERR_INVALID_INPUT,
-                close=True,
-                errors=[{"location": "header.Content-Length", "message": str(exc)}],
-            )
+            return self._bad_framing(req, exc, "header.Content-Length")
         if length is not None and length > rules.MAX_BODY_BYTES:
             return self._too_large(req, drain=length)
 
@@ -843,14 +847,7 @@ class UnkeyEmulator:
         except _BodyTooLarge:
             return self._too_large(req, drain=0)
         except _BadFraming as exc:
-            return self._error(
-                req,
-                400,
-                str(exc),
-                ERR_INVALID_INPUT,
-                close=True,
-                errors=[{"location": "body", "message": str(exc)}],
-            )
+            return self._bad_framing(req, exc, "body")
         body = _decode_json(raw)
         hashes = _hashes_of(body) if req.path == PATH_MIGRATE else ()
         reply = self._delay_and_route(req, route, body, len(hashes), draw)
