@@ -50,6 +50,11 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 4
 _KEY_INDEX = re.compile(r"^body\.keys\[(\d+)\]")
+#: Added to a failure's detail when a request carrying the key got no response.
+_MAYBE_CREATED = (
+    "; a request carrying this key got no response, so Unkey may have created it (a rerun reports it as"
+    " already_exists)"
+)
 
 
 class MigrationAborted(UnkeyError):
@@ -72,26 +77,35 @@ class InvariantError(UnkeyError):
 
 @dataclass(slots=True)
 class Batch:
-    """Keys that go out in one request: source rows, wire hashes, serialised key objects."""
+    """Keys that go out in one request: source rows, wire hashes, serialised key objects.
+
+    ``maybe_committed`` is set when an earlier request carrying these keys got no response: Unkey may
+    have created them then, so their coming back as existing says nothing about who created them.
+    """
 
     rows: list[int]
     hashes: list[str]
     keys: list[bytes]
+    maybe_committed: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def halves(self) -> tuple[Batch, Batch]:
+    def halves(self, maybe_committed: bool = False) -> tuple[Batch, Batch]:
         mid = len(self) // 2
+        flag = self.maybe_committed or maybe_committed
         return (
-            Batch(self.rows[:mid], self.hashes[:mid], self.keys[:mid]),
-            Batch(self.rows[mid:], self.hashes[mid:], self.keys[mid:]),
+            Batch(self.rows[:mid], self.hashes[:mid], self.keys[:mid], flag),
+            Batch(self.rows[mid:], self.hashes[mid:], self.keys[mid:], flag),
         )
 
-    def without(self, indexes: set[int]) -> Batch:
+    def without(self, indexes: set[int], maybe_committed: bool = False) -> Batch:
         keep = [i for i in range(len(self)) if i not in indexes]
         return Batch(
-            [self.rows[i] for i in keep], [self.hashes[i] for i in keep], [self.keys[i] for i in keep]
+            [self.rows[i] for i in keep],
+            [self.hashes[i] for i in keep],
+            [self.keys[i] for i in keep],
+            self.maybe_committed or maybe_committed,
         )
 
 
@@ -345,11 +359,12 @@ class MigrationEngine:
             except UnkeyBadRequestError as exc:
                 named = {int(m.group(1)) for e in exc.errors if (m := _KEY_INDEX.match(e.location))}
                 named = {i for i in named if i < len(part)}
+                lost = exc.unanswered_attempts > 0
                 if named:
                     self._reject(part, named, exc)
-                    stack.append(part.without(named))
+                    stack.append(part.without(named, lost))
                 elif len(part) > 1:
-                    stack.extend(reversed(part.halves()))
+                    stack.extend(reversed(part.halves(lost)))
                 else:
                     self._reject(part, {0}, exc)
             except (UnkeyServerError, UnkeyRequestTimeoutError, UnkeyPayloadTooLargeError) as exc:
@@ -358,14 +373,18 @@ class MigrationEngine:
                 if exc.status in (502, 503, 504):
                     self._give_up(part, exc)
                 elif len(part) > 1:
-                    stack.extend(reversed(part.halves()))
+                    stack.extend(reversed(part.halves(exc.unanswered_attempts > 0)))
                 else:
                     self._reject(part, {0}, exc)
             except (UnkeyAPIError, UnkeyTransportError) as exc:
                 self._give_up(part, exc)
             else:
                 self._record(
-                    part, result.migrated, result.failed, result.request_id, result.unanswered_attempts
+                    part,
+                    result.migrated,
+                    result.failed,
+                    result.request_id,
+                    result.unanswered_attempts or int(part.maybe_committed),
                 )
 
     def _reject(self, batch: Batch, indexes: set[int], exc: UnkeyAPIError) -> None:
@@ -384,6 +403,8 @@ class MigrationEngine:
                 )
             else:
                 detail = f"Unkey answered {exc.status}: {exc.detail or exc.title}"
+            if batch.maybe_committed or exc.unanswered_attempts:
+                detail += _MAYBE_CREATED
             self.writer.failed(
                 [batch.hashes[i]], [batch.rows[i]], Reason.REJECTED_BY_API, Stage.SEND, detail, exc.request_id
             )
@@ -392,10 +413,9 @@ class MigrationEngine:
         request_id = exc.request_id if isinstance(exc, UnkeyAPIError) else None
         detail = f"retries exhausted after {exc.attempts} attempt(s): {exc}"
         if exc.unanswered_attempts:
-            detail += (
-                f"; {exc.unanswered_attempts} attempt(s) got no response, so Unkey may have created these keys"
-                " (a rerun reports them as already_exists)"
-            )
+            detail += f"; {exc.unanswered_attempts} attempt(s) got no response"
+        if exc.unanswered_attempts or batch.maybe_committed:
+            detail += _MAYBE_CREATED
         self.writer.failed(batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, detail, request_id)
 
     # --- the run, in the calling thread ------------------------------------------------------------
