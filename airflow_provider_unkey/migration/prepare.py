@@ -40,21 +40,15 @@ import pyarrow.compute as pc
 from airflow_provider_unkey import rules
 from airflow_provider_unkey.migration import hashes
 
-#: The key object's fields a column can map to (dotted paths for nested ones).
-KEY_FIELD_PATHS: tuple[str, ...] = (
-    "hash",
-    "name",
-    "externalId",
-    "meta",
-    "roles",
-    "permissions",
-    "expires",
-    "enabled",
-    "credits.remaining",
-    "credits.refill.interval",
-    "credits.refill.amount",
-    "credits.refill.refillDay",
-    "ratelimits",
+#: The key object's fields a column can map to: the rules' fields, with ``credits`` as dotted paths.
+KEY_FIELD_PATHS: tuple[str, ...] = tuple(
+    path
+    for field in rules.KEY_FIELDS
+    for path in (
+        ("credits.remaining", *(f"credits.refill.{name}" for name in rules.REFILL_FIELDS))
+        if field == "credits"
+        else (field,)
+    )
 )
 
 
