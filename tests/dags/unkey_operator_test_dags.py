@@ -115,47 +115,30 @@ postgres = scenario(
 )
 
 
-@dag(
-    dag_id="unkey_t_mapped",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=PARAMS,
-)
-def mapped() -> None:
-    @task
-    def partitions(params: dict[str, Any]) -> list[dict[str, Any]]:
-        from airflow_provider_unkey.operators.io import parquet_partitions
+def mapped_scenario(dag_id: str, by: str) -> Any:
+    """Partitions of the Parquet source (``by`` as ``parquet_partitions`` takes it), one task each."""
 
-        return parquet_partitions(params["source"], int(params["partitions"]))
+    @dag(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        params=PARAMS,
+    )
+    def build() -> None:
+        @task
+        def partitions(params: dict[str, Any]) -> list[dict[str, Any]]:
+            from airflow_provider_unkey.operators.io import parquet_partitions
 
-    migrate = MigrateKeysOperator.partial(
-        task_id="migrate", output_path="{{ params.output_path }}/part_{{ ti.map_index }}", **COMMON
-    ).expand_kwargs(partitions())
-    migrate >> report(mapped=True)
+            return parquet_partitions(params["source"], int(params["partitions"]), by=by)  # type: ignore[arg-type]
 
+        migrate = MigrateKeysOperator.partial(
+            task_id="migrate", output_path="{{ params.output_path }}/part_{{ ti.map_index }}", **COMMON
+        ).expand_kwargs(partitions())
+        migrate >> report(mapped=True)
 
-mapped_dag = mapped()
-
-
-@dag(
-    dag_id="unkey_t_mapped_by_hash",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=PARAMS,
-)
-def mapped_by_hash() -> None:
-    @task
-    def partitions(params: dict[str, Any]) -> list[dict[str, Any]]:
-        from airflow_provider_unkey.operators.io import parquet_partitions
-
-        return parquet_partitions(params["source"], int(params["partitions"]), by="hash")
-
-    migrate = MigrateKeysOperator.partial(
-        task_id="migrate", output_path="{{ params.output_path }}/part_{{ ti.map_index }}", **COMMON
-    ).expand_kwargs(partitions())
-    migrate >> report(mapped=True)
+    return build()
 
 
-mapped_by_hash_dag = mapped_by_hash()
+mapped_dag = mapped_scenario("unkey_t_mapped", "auto")
+mapped_by_hash_dag = mapped_scenario("unkey_t_mapped_by_hash", "hash")
