@@ -11,8 +11,9 @@ Two layers:
   ``errors[]`` entry per location.
 * :func:`server_violations` — what the server rejects beyond the schema, each with the status the
   real server answers (``400`` for a monthly refill without ``refillDay`` and for integers a Go
-  ``int64`` cannot hold, ``500`` for a duplicate role, a hash longer than its ``varchar(256)``
-  column, or the same hash twice in one request).
+  ``int64`` cannot hold, ``500`` for ``"credits": {"remaining": null}`` (the schema's "unlimited",
+  on which the handler panics), a duplicate role, a hash longer than its ``varchar(256)`` column, or
+  the same hash twice in one request).
 
 The emulator answers by these rules and the operator's validation rejects rows by them, so a row
 the operator lets through is a row the server accepts.
@@ -376,7 +377,9 @@ def _fast_server_ok(key: Any) -> bool:
         return False
     credits = key.get("credits")
     if credits is not None:
-        if type(credits) is not dict or not _fast_int64(credits.get("remaining")):
+        # An explicit null remaining is a 500 (see key_server_violations); an integer one must fit int64.
+        remaining = credits.get("remaining") if type(credits) is dict else None
+        if remaining is None or not _fast_int64(remaining):
             return False
         refill = credits.get("refill")
         if refill is not None and (
@@ -496,6 +499,32 @@ def _int_fields(key: Mapping[str, Any], loc: str) -> Iterable[tuple[str, Any]]:
             yield f"{loc}.ratelimits[{i}].duration", rl.get("duration")
 
 
+def null_remaining_violation(location: str, *, refill: bool) -> Violation:
+    """``credits.remaining`` is null: a 500 for the whole request, although the schema calls it unlimited.
+
+    The handler reads a given ``remaining`` without checking for null and panics. Unlimited credits
+    are a key without ``credits``; a refill needs an integer ``remaining``.
+
+    :param location: where the null is (``body.keys[3].credits.remaining``).
+    :param refill: whether the credits carry a refill (the message then says it needs the count).
+    """
+    if refill:
+        return Violation(
+            location,
+            "is null, but a refill needs an integer remaining count "
+            "(a null remaining makes Unkey fail the whole request with a 500)",
+            status=500,
+            fix="set an integer remaining count (>= 0)",
+        )
+    return Violation(
+        location,
+        "is null, which makes Unkey fail the whole request with a 500 "
+        "(unlimited credits are a key without credits)",
+        status=500,
+        fix="leave credits out for unlimited credits",
+    )
+
+
 def key_server_violations(key: Mapping[str, Any], loc: str = "body.keys[0]") -> list[Violation]:
     """What the server rejects in one schema-valid key beyond the schema.
 
@@ -514,7 +543,10 @@ def key_server_violations(key: Mapping[str, Any], loc: str = "body.keys[0]") -> 
             out.append(Violation(where, "must be a JSON integer without a fraction or exponent"))
         elif isinstance(value, int) and value > INT64_MAX:
             out.append(Violation(where, f"must be <= {INT64_MAX} (int64)"))
-    refill = (key.get("credits") or {}).get("refill") if isinstance(key.get("credits"), Mapping) else None
+    credits = key.get("credits")
+    if isinstance(credits, Mapping) and "remaining" in credits and credits["remaining"] is None:
+        out.append(null_remaining_violation(f"{loc}.credits.remaining", refill="refill" in credits))
+    refill = credits.get("refill") if isinstance(credits, Mapping) else None
     if isinstance(refill, Mapping) and refill.get("interval") == "monthly" and "refillDay" not in refill:
         out.append(
             Violation(

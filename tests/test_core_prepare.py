@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_unkey import rules
 from airflow_provider_unkey.migration.prepare import (
@@ -34,6 +36,11 @@ from airflow_provider_unkey.migration.prepare import (
 
 FIRST_ROW = 1000
 JAN_2030_MS = 1_893_456_000_000
+#: The detail of a row with a refill and no remaining count (Unkey answers 500 to "remaining": null).
+NULL_REMAINING_WITH_REFILL = (
+    "credits.remaining: is null, but a refill needs an integer remaining count "
+    "(a null remaining makes Unkey fail the whole request with a 500)"
+)
 
 
 def b64(i: int | str) -> str:
@@ -89,8 +96,11 @@ def check_invariants(
     for row, h in zip(rejects.rows, rejects.hashes, strict=True):
         assert h == source_hashes[row - FIRST_ROW]
     keys = [strict_loads(k) for k in prepared.keys]
-    for key, wire in zip(keys, prepared.hashes, strict=True):
+    for raw, key, wire in zip(prepared.keys, keys, prepared.hashes, strict=True):
         assert key["hash"] == wire
+        # Unkey fails the whole request on "remaining": null; unlimited credits are no credits at all.
+        assert b'"remaining":null' not in raw, raw
+        assert "credits" not in key or isinstance(key["credits"]["remaining"], int), key
         # The guarantee: what goes out is what the rules (the emulator's) accept.
         assert rules.key_schema_violations(key) == [], key
         assert rules.key_server_violations(key) == [], key
@@ -416,14 +426,16 @@ def test_credits_remaining_and_refill() -> None:
         "credits.refill.amount": pa.array([10, 50, None, None, 1], pa.int64()),
         "credits.refill.refillDay": pa.array([None, 31, None, None, 1], pa.int64()),
     }
-    keys = prepare(columns)[2]
+    _, rejects, keys = prepare(columns)
     assert field_of(keys, "credits") == [
         {"remaining": 100, "refill": {"interval": "daily", "amount": 10}},
-        {"remaining": None, "refill": {"interval": "monthly", "amount": 50, "refillDay": 31}},  # unlimited
         {"remaining": 5},
-        "<absent>",
+        "<absent>",  # no remaining count and no refill: unlimited, which is no credits at all
         {"remaining": 2**63 - 1, "refill": {"interval": "monthly", "amount": 1, "refillDay": 1}},
     ]
+    # A refill without a remaining count: Unkey needs an integer there (null makes it fail the request).
+    assert rejects.rows == [FIRST_ROW + 1]
+    assert rejects.details == [NULL_REMAINING_WITH_REFILL]
 
 
 def test_credits_from_decimal_text_and_float_columns() -> None:
@@ -494,18 +506,72 @@ def test_string_view_columns() -> None:
     ]
 
 
-def test_refill_without_remaining_means_unlimited_credits_on_both_paths() -> None:
+def test_refill_without_a_remaining_column_is_rejected_on_both_paths() -> None:
     # resolve_mapping insists on credits.remaining; a preparer built by hand may still lack it.
     columns = {"credits.refill.interval": ["daily", None, "monthly"], "credits.refill.amount": [5, None, 1]}
     batch = batch_of(columns)
     preparer = KeyPreparer({"hash": "hash", **{f: f for f in columns}})
     prepared, rejects = preparer.prepare(batch, FIRST_ROW)
     keys = check_invariants(preparer, batch, prepared, rejects)
-    assert field_of(keys, "credits") == [
-        {"remaining": None, "refill": {"interval": "daily", "amount": 5}},
-        "<absent>",
-    ]
-    assert rejects.details == ["credits.refill.refillDay: is required when interval is monthly"]
+    assert field_of(keys, "credits") == ["<absent>"]
+    # Row 2 breaks two rules; the row-by-row path names the first the rules find.
+    assert rejects.rows == [FIRST_ROW, FIRST_ROW + 2]
+    assert rejects.details == [NULL_REMAINING_WITH_REFILL, NULL_REMAINING_WITH_REFILL]
+
+
+@pytest.mark.parametrize(
+    "remaining",
+    [
+        pa.array([1, None, 0], pa.int64()),
+        pa.array([1.0, float("nan"), 0.0], pa.float64()),  # pandas' null
+        pa.array([1.0, None, 0.0], pa.float64()),
+        pa.array(["1", None, " 0 "], pa.string()),
+        pa.array([decimal.Decimal(1), None, decimal.Decimal(0)], pa.decimal128(10, 0)),
+        pa.array([1, None, 0], pa.uint64()).dictionary_encode(),
+    ],
+    ids=["int64", "float NaN", "float null", "text", "decimal", "dictionary"],
+)
+@pytest.mark.parametrize(
+    "refill",
+    [("daily", 5, None), ("monthly", 5, 1), (None, 5, None), (None, None, 3)],
+    ids=["daily", "monthly", "amount only", "refillDay only"],
+)
+def test_null_remaining_with_a_refill_is_rejected_by_name(
+    remaining: pa.Array, refill: tuple[Any, Any, Any]
+) -> None:
+    """Any part of a refill makes the row's refill; a null remaining count beside it is never sent as
+    ``"remaining": null`` (Unkey answers 500 to the whole request) but rejected, naming the field."""
+    interval, amount, day = refill
+    columns = {
+        "credits.remaining": remaining,
+        "credits.refill.interval": pa.array([interval] * 3, pa.string()),
+        "credits.refill.amount": pa.array([amount] * 3, pa.int64()),
+        "credits.refill.refillDay": pa.array([day] * 3, pa.int64()),
+    }
+    _, rejects, keys = prepare(columns)
+    details = dict(zip(rejects.rows, rejects.details, strict=True))
+    # Named for its remaining count, whatever else its refill lacks.
+    assert details[FIRST_ROW + 1] == NULL_REMAINING_WITH_REFILL
+    assert rejects.hashes[rejects.rows.index(FIRST_ROW + 1)] == b64(1)
+    if interval is not None and amount is not None:  # the other rows are whole refills
+        assert len(rejects) == 1
+        assert [k["credits"]["remaining"] for k in keys] == [1, 0]
+    else:  # the other rows are refills without an interval
+        assert details[FIRST_ROW] == details[FIRST_ROW + 2] == "credits.refill.interval: is required"
+
+
+def test_null_remaining_without_a_refill_is_no_credits() -> None:
+    columns = {
+        "credits.remaining": pa.array([3, None, None], pa.int64()),
+        "credits.refill.interval": pa.array([None, None, "daily"], pa.string()),
+        "credits.refill.amount": pa.array([None, None, 1], pa.int64()),
+    }
+    prepared, rejects, keys = prepare(columns)
+    assert field_of(keys, "credits") == [{"remaining": 3}, "<absent>"]
+    assert b"credits" not in prepared.keys[1]
+    assert dict(zip(rejects.rows, rejects.details, strict=True)) == {
+        FIRST_ROW + 2: NULL_REMAINING_WITH_REFILL
+    }
 
 
 def test_every_field_at_once() -> None:
@@ -679,6 +745,15 @@ BAD_ROWS: list[tuple[str, dict[str, Any], str]] = [
             )
         },
         "credits.remaining: must be an integer, got 1.5",
+    ),
+    (
+        "refill with a null remaining",
+        {
+            "credits.remaining": pa.array([1, None, None], pa.int64()),
+            "credits.refill.interval": ["daily", "daily", None],
+            "credits.refill.amount": [1, 1, None],
+        },
+        NULL_REMAINING_WITH_REFILL,
     ),
     (
         "monthly without refillDay",
@@ -901,6 +976,7 @@ MENUS: dict[str, list[tuple[pa.DataType, list[Any], list[Any]]]] = {
         (pa.int64(), [0, 1, 2**63 - 1, None], [-1]),
         (pa.float64(), [1.0, float("nan"), 2.0**53], [-2.0, 0.5]),
         (pa.uint64(), [0, 2**63 - 1, None], [2**63, 2**64 - 1]),
+        (pa.string(), ["5", " 0 ", None], ["-1", "x", ""]),
     ],
     "ratelimits": [
         (
@@ -977,6 +1053,7 @@ def test_random_batches_lose_nothing_and_send_only_valid_keys(
             refills = draw(REFILLS_GOOD, REFILLS_BAD)
             for i, name in enumerate(rules.REFILL_FIELDS):
                 columns[f"credits.refill.{name}"] = pa.array([r[i] for r in refills])
+            # A null remaining count: no credits without a refill, a reject with one.
             columns.setdefault("credits.remaining", pa.array(draw([None, 0, 7], [])))
         else:
             arrow_type, good, bad = rng.choice(MENUS[field])
@@ -1004,6 +1081,57 @@ def test_random_batches_lose_nothing_and_send_only_valid_keys(
         body = {"migrationId": "mig", "apiId": "api", "keys": [strict_loads(k) for k in prepared.keys]}
         assert rules.schema_violations(body) == []
         assert rules.server_violations(body) == []
+
+
+#: Arrow types a remaining count arrives in, each with how it writes a missing value.
+_REMAINING_COLUMNS: dict[str, Any] = {
+    "int64": lambda values: pa.array(values, pa.int64()),
+    "uint64": lambda values: pa.array(values, pa.uint64()),
+    "float NaN": lambda values: pa.array([float("nan") if v is None else float(v) for v in values]),
+    "float null": lambda values: pa.array([None if v is None else float(v) for v in values], pa.float64()),
+    "text": lambda values: pa.array([None if v is None else f" {v} " for v in values], pa.string()),
+    "decimal": lambda values: pa.array(
+        [None if v is None else decimal.Decimal(v) for v in values], pa.decimal128(20, 0)
+    ),
+}
+
+
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, phases=(Phase.explicit, Phase.generate)
+)
+@given(
+    rows=st.lists(
+        st.tuples(st.none() | st.integers(0, 2**53), st.sampled_from(REFILLS_GOOD)), min_size=1, max_size=24
+    ),
+    kind=st.sampled_from(sorted(_REMAINING_COLUMNS)),
+    refill_fields=st.sets(st.sampled_from(rules.REFILL_FIELDS)),
+)
+def test_no_prepared_key_ever_carries_a_null_remaining(
+    rows: list[tuple[int | None, tuple[Any, Any, Any]]], kind: str, refill_fields: set[str]
+) -> None:
+    """Random null and non-null credit columns: no key goes out with ``"remaining": null``; a null
+    remaining count with a refill is a reject naming ``credits.remaining``, without one it is no
+    credits; and the column-wise path agrees with the row-by-row one (``check_invariants``)."""
+    remaining = [r for r, _ in rows]
+    refills = [{name: r[i] for i, name in enumerate(rules.REFILL_FIELDS)} for _, r in rows]
+    types = {"interval": pa.string(), "amount": pa.int64(), "refillDay": pa.int64()}
+    columns: dict[str, pa.Array] = {"credits.remaining": _REMAINING_COLUMNS[kind](remaining)}
+    for name in sorted(refill_fields):
+        columns[f"credits.refill.{name}"] = pa.array([r[name] for r in refills], types[name])
+    prepared, rejects, keys = prepare(columns)
+    assert all(b'"remaining":null' not in key for key in prepared.keys)
+    by_row = dict(zip(prepared.rows.tolist(), keys, strict=True))
+    details = dict(zip(rejects.rows, rejects.details, strict=True))
+    for i, (count, refill) in enumerate(zip(remaining, refills, strict=True)):
+        mapped = {name: refill[name] for name in refill_fields if refill[name] is not None}
+        if count is None and mapped:
+            assert details.get(FIRST_ROW + i) == NULL_REMAINING_WITH_REFILL, (i, mapped)
+        elif count is None:
+            assert "credits" not in by_row[FIRST_ROW + i]
+        elif FIRST_ROW + i in by_row:
+            assert by_row[FIRST_ROW + i]["credits"]["remaining"] == count
+        else:  # a partial refill (its columns not all mapped): a reject for its refill, not for remaining
+            assert details[FIRST_ROW + i].startswith("credits.refill."), details[FIRST_ROW + i]
 
 
 def test_dictionary_and_sliced_columns_of_a_chunked_table() -> None:

@@ -68,7 +68,39 @@ def test_a_plain_body_has_no_server_violation() -> None:
             {"name": "requests", "limit": 1, "duration": 60_000, "autoApply": False},  # upserted too
         ],
     )
-    assert rules.server_violations(body(full, key(1), key(2, credits={"remaining": None}))) == []
+    assert rules.server_violations(body(full, key(1), key(2, credits={"remaining": 0}))) == []
+
+
+@pytest.mark.parametrize(
+    ("credits", "says"),
+    [
+        ({"remaining": None}, "without credits"),
+        ({"remaining": None, "refill": {"interval": "daily", "amount": 5}}, "a refill needs an integer"),
+        ({"remaining": None, "refill": {"interval": "monthly", "amount": 5, "refillDay": 1}}, "a refill"),
+    ],
+    ids=["alone", "daily refill", "monthly refill"],
+)
+def test_null_remaining_is_a_500(credits: dict[str, Any], says: str) -> None:
+    """The schema allows ``"remaining": null`` and calls it unlimited; the handler panics on it."""
+    violations = rules.server_violations(body(key(0), key(1, credits=credits)))
+    assert where(violations) == [("body.keys[1].credits.remaining", 500)]
+    assert says in violations[0].message and "whole request" in violations[0].message
+    assert violations[0].fix is not None
+
+
+def test_null_remaining_next_to_a_monthly_refill_without_refill_day_is_both() -> None:
+    credits = {"remaining": None, "refill": {"interval": "monthly", "amount": 5}}
+    violations = rules.server_violations(body(key(credits=credits)))
+    assert where(violations) == [
+        ("body.keys[0].credits.refill.refillDay", 400),
+        ("body.keys[0].credits.remaining", 500),
+    ]
+
+
+def test_null_remaining_violation_names_its_location() -> None:
+    violation = rules.null_remaining_violation("key.credits.remaining", refill=True)
+    assert (violation.location, violation.status) == ("key.credits.remaining", 500)
+    assert "refill" in violation.message and "null" in violation.message
 
 
 def test_monthly_refill_without_refill_day_is_one_400() -> None:
@@ -206,6 +238,9 @@ def test_a_400_comes_before_a_500_whatever_the_key_order() -> None:
 def test_key_server_violations_takes_its_location() -> None:
     assert where(rules.key_server_violations(key(roles=["x", "x"]), "body.keys[41]")) == [
         ("body.keys[41].roles[1]", 500)
+    ]
+    assert where(rules.key_server_violations(key(credits={"remaining": None}), "body.keys[41]")) == [
+        ("body.keys[41].credits.remaining", 500)
     ]
 
 

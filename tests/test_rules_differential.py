@@ -8,7 +8,8 @@ invalid key has exactly one bad field, an invalid ``credits`` inside it exactly 
 so on, so a rule ``rules.py`` gets wrong is not hidden behind another error.
 
 The boundaries below are copied from the spec (``test_boundaries_are_the_specs`` checks them); the
-verdict always comes from the spec itself.
+verdict always comes from the spec itself. On keys the spec accepts, ``test_server_rules_on_keys_the_spec_accepts``
+checks the server's rules beyond it, ``"remaining": null`` (a 500) among them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import Phase, event, given, settings
@@ -312,10 +314,14 @@ REFILL = Obj(
     },
     optional={"refillDay": Field(good_int(*REFILL_DAY), bad_int(*REFILL_DAY))},
 )
+#: ``remaining: null`` passes the schema ("unlimited"), with or without a refill; the server answers it
+#: with a 500 (``rules.server_violations``, checked in ``test_server_rules_on_keys_the_spec_accepts``).
 CREDITS_OBJ = Obj(
     required={"remaining": Field(st.one_of(st.none(), good_int(*CREDITS)), bad_int(*CREDITS, nullable=True))},
     optional={"refill": REFILL.as_field()},
 )
+#: Schema-valid credits with a null remaining count, half of them with a refill.
+NULL_REMAINING_CREDITS = st.fixed_dictionaries({"remaining": st.none()}, optional={"refill": REFILL.good()})
 #: ``RatelimitRequest`` has no ``additionalProperties: false``: extra properties are allowed.
 RATELIMIT = Obj(
     required={
@@ -492,6 +498,52 @@ def test_each_near_miss_is_rejected_by_both(strategy: st.SearchStrategy[Any], da
     assert not assert_agrees(BODY_SCHEMA, body, rules.schema_violations(body), "body")
 
 
+def _with_credits(key: dict[str, Any], credits: dict[str, Any] | None) -> dict[str, Any]:
+    return key if credits is None else {**key, "credits": credits}
+
+
+#: Schema-valid keys, many with credits and many of those with a null remaining count.
+SERVER_KEYS = st.builds(
+    _with_credits, GOOD_KEY, st.one_of(st.none(), CREDITS_OBJ.good(), NULL_REMAINING_CREDITS)
+)
+
+
+def test_server_rules_on_keys_the_spec_accepts() -> None:
+    """Beyond the schema, on keys it accepts: the fast server check never passes a key the full checks
+    refuse, and ``"remaining": null`` is exactly one 500 at ``credits.remaining``, with or without a
+    refill (the handler panics on it), whatever else the key holds."""
+    examples, seen = 600, Counter[str]()
+    loc = "body.keys[7]"
+
+    @settings(SETTINGS, max_examples=examples)
+    @given(key=SERVER_KEYS)
+    def check(key: dict[str, Any]) -> None:
+        assert rules.key_schema_violations(key, loc) == []
+        with mock.patch.object(rules, "_fast_server_ok", return_value=False):
+            full = rules.key_server_violations(key, loc)
+        assert rules.key_server_violations(key, loc) == full
+        credits = key.get("credits")
+        at_remaining = [v for v in full if v.location == f"{loc}.credits.remaining"]
+        if credits is not None and credits["remaining"] is None:
+            refill = "refill" in credits
+            kind = "null remaining with a refill" if refill else "null remaining alone"
+            assert [(v.status, "refill" in v.message) for v in at_remaining] == [(500, refill)], full
+        else:
+            kind = "credits with a count" if credits is not None else "no credits"
+            assert all(v.status == 400 for v in at_remaining), full  # int64 and fractions only
+        event(kind)
+        seen[kind] += 1
+
+    check()
+    for kind in (
+        "null remaining with a refill",
+        "null remaining alone",
+        "credits with a count",
+        "no credits",
+    ):
+        assert seen[kind] >= examples * 0.05, seen
+
+
 # --- explicit edge cases ------------------------------------------------------------------------------
 _GONE = object()
 
@@ -564,6 +616,7 @@ _FULL_KEY = {
     "permissions": ["documents.read", "api.*.create_key", "a-b_c:d.e*"],
     "expires": 4_102_444_800_000,
     "enabled": False,
+    # Schema-valid; the server answers 500 to a null remaining (rules.server_violations).
     "credits": {"remaining": None, "refill": {"interval": "monthly", "amount": 1, "refillDay": 31}},
     "ratelimits": [_rl(), _rl(name="tokens", autoApply=False, extra={"any": "thing"})],
 }
@@ -648,7 +701,12 @@ EDGE_CASES: list[tuple[str, Any, bool]] = [
     ("credits empty", _body(credits={}), False),
     ("credits null", _body(credits=None), False),
     ("credits array", _body(credits=[]), False),
-    ("credits remaining null", _body(credits={"remaining": None}), True),
+    ("credits remaining null (schema allows; the server 500s)", _body(credits={"remaining": None}), True),
+    (
+        "credits remaining null with a refill (schema allows; the server 500s)",
+        _body(credits={"remaining": None, "refill": {"interval": "daily", "amount": 5}}),
+        True,
+    ),
     ("credits extra", _body(credits={"remaining": 1, "refillDay": 1}), False),
     ("credits prefix", _body(credits={"remaining": 1, "prefix": "x"}), False),
     *_ints("remaining", lambda v: _body(credits={"remaining": v}), *CREDITS),

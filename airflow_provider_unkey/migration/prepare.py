@@ -16,7 +16,8 @@ with a detail naming the field. Two paths share the work:
 
 A row let through is a row the server accepts. The column-wise checks mirror the rules field by
 field, which holds because the rules judge each top-level field on its own (a rule across fields,
-such as a monthly refill's ``refillDay``, is mirrored where it lives: in ``credits``);
+such as a monthly refill's ``refillDay`` or a refill's integer ``remaining``, is mirrored where it
+lives: in ``credits``);
 ``tests/test_core_prepare.py`` checks on random batches that the two paths write the same keys and
 that every key let through passes the rules.
 """
@@ -990,8 +991,10 @@ class KeyPreparer:
         for value in refill:
             if value is not None:
                 has_refill |= _valid(value)
-        # interval and amount are required in a refill; a monthly one needs its refillDay (a 400).
-        unsure |= has_refill & ~(_valid(interval) & _valid(amount))
+        # interval and amount are required in a refill; a monthly one needs its refillDay (a 400); and
+        # it needs an integer remaining count: Unkey fails the whole request on "remaining": null (a
+        # 500). The row-by-row path rejects those rows with the rules' detail.
+        unsure |= has_refill & ~(_valid(interval) & _valid(amount) & _valid(remaining))
         unsure |= _np_mask(pc.equal(interval, _lit('"monthly"'))) & ~_valid(day)
         refill_json = _concat(
             _lit(',"refill":{"interval":'),
@@ -1001,8 +1004,8 @@ class KeyPreparer:
             pc.fill_null(_concat(_lit(',"refillDay":'), day), ""),
             _lit("}"),
         )
-        # A refill without a remaining count means unlimited credits that refill: "remaining": null.
-        remaining = pc.if_else(pa.array(has_refill), pc.fill_null(remaining, "null"), remaining)
+        # No remaining count and no refill: unlimited credits, which is no credits member at all (the
+        # concatenation is null, so ""); never "remaining": null.
         member = _concat(
             _lit(',"credits":{"remaining":'),
             remaining,
@@ -1051,7 +1054,11 @@ class KeyPreparer:
             else:
                 key[field] = converted
         if refill:
-            credits.setdefault("remaining", None)
+            if "remaining" not in credits:
+                # Would be "remaining": null, on which Unkey fails the whole request: the row is invalid,
+                # whatever else its refill lacks. (Without a refill, no remaining count is no credits.)
+                violation = rules.null_remaining_violation("key.credits.remaining", refill=True)
+                raise _RowError(_describe(violation))
             credits["refill"] = refill
         if credits:
             key["credits"] = credits
