@@ -39,6 +39,7 @@ from airflow_provider_unkey.exceptions import (
     UnkeyTransportError,
 )
 from airflow_provider_unkey.migration.dedupe import DigestSet
+from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerWriter
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Stage
 from airflow_provider_unkey.migration.prepare import KeyPreparer, PreparedRows, resolve_mapping
 from airflow_provider_unkey.rules import MAX_BODY_BYTES
@@ -216,8 +217,12 @@ class Progress:
         else:
             position = f"{done:,} keys"
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.writer.failed_by_reason.items())) or "none"
+        skipped = (
+            f", skipped (in the ledger) {self.writer.skipped_count:,}" if self.writer.skipped_count else ""
+        )
         self.emit(
             f"{position}, {rate:,.0f} keys/s; migrated {self.writer.migrated_count:,}, failed: {reasons}"
+            f"{skipped}"
         )
 
 
@@ -237,6 +242,9 @@ class MigrationEngine:
     :param retry: the retry policy for batches (default: the client's).
     :param progress: logs progress between batches.
     :param abort_event: set when the run must stop; the source should stop reading then.
+    :param resumed_try: this run resumes a task instance whose try ``resumed_try`` stopped: hashes
+        Unkey reports as existing are reported ``unconfirmed`` (that try may have sent them before it
+        could record their outcome), not ``already_exists``.
     """
 
     def __init__(
@@ -251,6 +259,7 @@ class MigrationEngine:
         retry: RetryPolicy | None = None,
         progress: Progress | None = None,
         abort_event: threading.Event | None = None,
+        resumed_try: int | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -261,17 +270,27 @@ class MigrationEngine:
         self.writer = writer
         self.max_concurrency = max_concurrency
         # A 500 for a batch of several keys is most often about one of them: split at once rather than
-        # wait through every retry. A single key gets the whole policy: its 500 may be transient.
+        # wait through every retry. A 408 is the 60 s server timeout: halves finish sooner, while
+        # retrying the whole batch would cost up to 60 s an attempt. A single key gets the whole
+        # policy: its 500 or 408 may be transient.
         self.single_retry = retry or client.retry
         self.batch_retry = dataclasses.replace(
-            self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | {500}
+            self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | {408, 500}
         )
         self.progress = progress
+        self.resumed_try = resumed_try
         self.requests = 0
         self.batches = 0
         self._abort = abort_event or threading.Event()
         self._fatal: UnkeyAPIError | None = None
         self._lock = threading.Lock()
+        self._active = 0
+        self._idle = threading.Condition()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no batch is being sent (at most ``timeout`` seconds); say whether that happened."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
 
     # --- one batch, in a worker thread -------------------------------------------------------------
     def _not_sent(self, batch: Batch) -> None:
@@ -311,6 +330,13 @@ class MigrationEngine:
                 "the key was most likely created by this run, but Unkey does not return its keyId"
             )
             reason = Reason.UNCONFIRMED
+        elif self.resumed_try is not None:
+            detail = (
+                f"Unkey reported the hash as existing, and the ledger holds no outcome for it: try "
+                f"{self.resumed_try} of this task stopped with requests in flight, so it most likely "
+                "created this key, but Unkey does not return its keyId"
+            )
+            reason = Reason.UNCONFIRMED
         else:
             detail, reason = "a key with this hash already exists in Unkey", Reason.ALREADY_EXISTS
         self.writer.failed(
@@ -333,6 +359,15 @@ class MigrationEngine:
             )
 
     def _send(self, batch: Batch) -> None:
+        # ``_active`` went up when the batch was handed to the pool (see run()).
+        try:
+            self._send_parts(batch)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _send_parts(self, batch: Batch) -> None:
         stack = [batch]
         while stack:
             part = stack.pop()
@@ -445,6 +480,8 @@ class MigrationEngine:
                         if self.progress:
                             self.progress.maybe_log()
                     self.batches += 1
+                    with self._idle:
+                        self._active += 1
                     in_flight.add(pool.submit(self._send, batch))
                     if self.progress:
                         self.progress.maybe_log()
@@ -461,19 +498,58 @@ class MigrationEngine:
             raise MigrationAborted(_what_to_fix(self._fatal, self.migration_id, self.api_id), self._fatal)
 
 
+class RunControl:
+    """Lets another thread stop a run (Airflow's ``on_kill``): nothing more is sent, requests in flight
+    get a bounded time to end, and the ledger is flushed.
+
+    Pass it to :func:`run_migration`; call :meth:`stop` from anywhere, a signal handler included.
+    """
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+        self.engine: MigrationEngine | None = None
+        self.ledger: LedgerWriter | None = None
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the run; wait at most about ``timeout`` seconds for requests in flight, then flush the ledger.
+
+        :return: whether every request in flight ended (and its outcome was flushed) in time.
+        """
+        deadline = time.monotonic() + timeout
+        self.stop_event.set()
+        engine, ledger = self.engine, self.ledger
+        idle = engine.wait_idle(timeout) if engine is not None else True
+        if ledger is not None:
+            # From another thread: the caller may be a signal handler that interrupted a thread holding
+            # the ledger's buffer lock, and waiting on it here would never end.
+            flusher = threading.Thread(target=ledger.flush, name="unkey-ledger-stop", daemon=True)
+            flusher.start()
+            flusher.join(max(deadline - time.monotonic(), 1.0))
+            idle = idle and not flusher.is_alive()
+        return idle
+
+
 @dataclass(slots=True)
 class MigrationSummary:
-    """What a run did; every count reconciles: ``total == migrated + failed (+ would_send)``."""
+    """What a run did; every count reconciles: ``total == migrated + failed + skipped (+ would_send)``.
+
+    ``skipped`` rows were not sent because the ledger shows a key with their hash exists in Unkey
+    (another run recorded it). ``resumed`` rows (counted in ``migrated`` and ``failed``) took their
+    outcome from an earlier try of the same task instance.
+    """
 
     total: int
     migrated: int
     failed: int
     failed_by_reason: dict[str, int]
+    skipped: int = 0
+    resumed: int = 0
     would_send: int = 0
     batches: int = 0
     requests: int = 0
     dry_run: bool = False
     aborted: str | None = None
+    stopped: bool = False
     duration_seconds: float = 0.0
     prepare_seconds: float = 0.0
     keys_per_second: float = 0.0
@@ -482,6 +558,41 @@ class MigrationSummary:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for XCom)."""
         return asdict(self)
+
+
+def _emit_resumed(writer: OutcomeWriter, fresh: PreparedRows, mine: np.ndarray, known: KnownHashes) -> None:
+    """Report again the outcomes that earlier tries of this task instance recorded for these rows."""
+    idx = np.flatnonzero(mine >= 0)
+    records = known.records.take(pa.array(mine[idx]))
+    rows = fresh.rows[idx].tolist()
+    wire = [fresh.hashes[i] for i in idx]
+    reason_col = records.column("reason").to_pylist()
+    key_ids = records.column("key_id").to_pylist()
+    details = records.column("detail").to_pylist()
+    request_ids = records.column("request_id").to_pylist()
+    tries = records.column("try_number").to_pylist()
+    groups: dict[str | None, list[int]] = {}
+    for j, reason in enumerate(reason_col):
+        groups.setdefault(reason, []).append(j)
+    for reason, js in groups.items():
+        if reason is None:
+            writer.migrated(
+                [wire[j] for j in js],
+                [key_ids[j] for j in js],
+                [rows[j] for j in js],
+                [request_ids[j] for j in js],
+                resumed=True,
+            )
+        else:
+            writer.failed(
+                [wire[j] for j in js],
+                [rows[j] for j in js],
+                Reason(reason),
+                Stage.SEND,
+                [f"{details[j] or reason} (recorded by try {tries[j]} of this task)" for j in js],
+                [request_ids[j] for j in js],
+                resumed=True,
+            )
 
 
 def run_migration(
@@ -503,6 +614,10 @@ def run_migration(
     total_rows: int | None = None,
     progress_interval: float = 5.0,
     emit: Callable[[str], None] | None = None,
+    ledger: LedgerWriter | None = None,
+    known: KnownHashes | None = None,
+    list_skipped: bool = False,
+    control: RunControl | None = None,
 ) -> MigrationSummary:
     """Migrate every row of ``source``; write ``migrated.parquet`` and ``failed.parquet`` to ``output_dir``.
 
@@ -523,19 +638,30 @@ def run_migration(
     :param total_rows: the number of source rows, when known, for progress and ETA.
     :param progress_interval: seconds between progress lines.
     :param emit: where progress lines go (default: this module's logger).
+    :param ledger: records every new outcome durably; closed (flushed and compacted) at the end.
+    :param known: what the ledger held before the run (:meth:`KnownHashes.load`): hashes an earlier try
+        of this task instance recorded as existing get that outcome again; hashes other runs recorded
+        as existing are skipped. Invalid and duplicate rows are judged afresh either way.
+    :param list_skipped: also write the skipped rows to ``skipped.parquet``.
+    :param control: lets another thread stop the run (:meth:`RunControl.stop`).
     :raises MigrationAborted: on 401, 403 or 404, after the outputs are written.
     :raises InvariantError: if rows and outcomes do not reconcile.
     """
     if client is None and not dry_run:
         raise ValueError("a client is needed unless dry_run is set")
     started = time.monotonic()
-    writer = OutcomeWriter(output_dir)
+    writer = OutcomeWriter(output_dir, ledger=ledger, list_skipped=list_skipped)
     dedupe = DigestSet()
     batcher = Batcher(migration_id, api_id, batch_size, max_request_bytes)
     state: dict[str, Any] = {"rows": 0, "prepare": 0.0, "preparer": None, "would_send": 0, "batches": 0}
     progress = Progress(writer, total_rows, progress_interval, emit)
-
-    abort = threading.Event()
+    control = control or RunControl()
+    control.ledger = ledger
+    abort = control.stop_event
+    resumed_try = None
+    if known is not None and (known.resumed_try is not None or known.mine_count):
+        resumed_try = known.resumed_try
+    skip_detail = "a key with this hash exists in Unkey: the ledger holds an earlier run's outcome for it"
 
     def read() -> Iterator[pa.RecordBatch]:
         """The source's batches; if reading fails, the rows read but not yet sent get an outcome."""
@@ -587,8 +713,17 @@ def run_migration(
                     Stage.DEDUPLICATE,
                     [f"hash: the same hash as source row {r}" for r in first[idx].tolist()],
                 )
+            fresh = prepared.take(~duplicate)
+            if known is not None and len(known):
+                seen = known.lookup(fresh.digests)
+                if (seen.mine >= 0).any():
+                    _emit_resumed(writer, fresh, seen.mine, known)
+                if seen.known.any():
+                    idx = np.flatnonzero(seen.known)
+                    writer.skipped([fresh.hashes[i] for i in idx], fresh.rows[idx].tolist(), skip_detail)
+                fresh = fresh.take((seen.mine < 0) & ~seen.known)
             state["prepare"] += time.monotonic() - t0
-            yield from batcher.add(prepared.take(~duplicate))
+            yield from batcher.add(fresh)
         tail = batcher.flush()
         if tail is not None:
             yield tail
@@ -613,7 +748,9 @@ def run_migration(
                 retry=retry,
                 progress=progress,
                 abort_event=abort,
+                resumed_try=resumed_try,
             )
+            control.engine = engine
             try:
                 engine.run(batches())
             except MigrationAborted as exc:
@@ -628,20 +765,26 @@ def run_migration(
         migrated=writer.migrated_count,
         failed=writer.failed_count,
         failed_by_reason=dict(writer.failed_by_reason),
+        skipped=writer.skipped_count,
+        resumed=writer.resumed_count,
         would_send=state["would_send"],
         batches=state["batches"],
         requests=requests,
         dry_run=dry_run,
         aborted=str(aborted) if aborted else None,
+        stopped=abort.is_set() and aborted is None,
         duration_seconds=round(duration, 3),
         prepare_seconds=round(state["prepare"], 3),
         keys_per_second=round(state["rows"] / duration, 1) if duration > 0 else 0.0,
         outputs={"migrated": str(writer.migrated_path), "failed": str(writer.failed_path)},
     )
-    if summary.total != summary.migrated + summary.failed + summary.would_send:
+    if writer.skipped_path is not None:
+        summary.outputs["skipped"] = str(writer.skipped_path)
+    if summary.total != summary.migrated + summary.failed + summary.skipped + summary.would_send:
         raise InvariantError(
             f"{summary.total} rows read but {summary.migrated} migrated + {summary.failed} failed"
-            f" + {summary.would_send} would be sent: rows without an outcome (a bug; please report it)"
+            f" + {summary.skipped} skipped + {summary.would_send} would be sent: rows without an outcome"
+            " (a bug; please report it)"
         )
     if aborted is not None:
         aborted.summary = summary

@@ -1,0 +1,587 @@
+"""The ledger: a durable, queryable record of every outcome, so nothing created is ever forgotten.
+
+Nothing here imports Airflow.
+
+A ledger is a directory of Parquet files that reads as one table (``pyarrow.dataset``, DuckDB's
+``read_parquet('ledger/*.parquet')``, Spark, pandas), with :data:`LEDGER_SCHEMA`: one row per outcome
+with the hash as it went on the wire, the key id Unkey returned (null when unknown), the reason (null
+for migrated keys), and which task instance and try recorded it.
+
+:class:`LedgerWriter` records outcomes as batches complete and writes them out as a new *segment*
+file every ``flush_interval`` seconds (sooner when ``max_buffer_rows`` pile up). On a local disk each
+segment is written to a hidden temporary name, fsynced, renamed into place and its directory fsynced;
+on object storage each segment is one object, put whole (nothing is ever appended). A process killed
+with SIGKILL therefore loses at most the outcomes of the last ``flush_interval`` seconds, plus the
+requests that were in flight. When the run ends, the task instance's segments are compacted into one
+file.
+
+:class:`KnownHashes` reads a ledger back into a compact index (16 bytes a hash; 10 million hashes
+take about 170 MB) and says, for a batch of digests, which ones an earlier try of the same task
+instance recorded (with their outcome, to report again) and which ones other runs know to exist in
+Unkey (to skip).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from airflow_provider_unkey.migration import hashes as hash_codec
+from airflow_provider_unkey.migration.dedupe import _prefix, _Run
+from airflow_provider_unkey.migration.outcomes import Reason, Stage
+
+log = logging.getLogger(__name__)
+
+#: One row per outcome. ``hash`` is the hash as sent on the wire (as the source had it for rows that
+#: failed validation); ``reason`` is null for migrated keys; ``map_index`` is -1 for unmapped tasks.
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("hash", pa.string()),
+        pa.field("key_id", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("request_id", pa.string()),
+        pa.field("migration_id", pa.string()),
+        pa.field("api_id", pa.string()),
+        pa.field("dag_id", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("task_id", pa.string()),
+        pa.field("map_index", pa.int32()),
+        pa.field("try_number", pa.int32()),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+#: Outcomes that mean "a key with this hash exists in Unkey": such hashes are never sent again.
+EXISTS_IN_UNKEY: tuple[str, ...] = (Reason.ALREADY_EXISTS.value, Reason.UNCONFIRMED.value)
+_SEGMENT_PREFIX = "seg-"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+class LedgerError(RuntimeError):
+    """The ledger could not be written or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerScope:
+    """Who records: the task instance (DAG, run, task, map index) and its try.
+
+    Records of the same task instance from earlier tries are what a retry resumes from.
+    """
+
+    dag_id: str = "-"
+    run_id: str = "-"
+    task_id: str = "-"
+    map_index: int = -1
+    try_number: int = 1
+
+    @property
+    def task_instance_key(self) -> str:
+        """A short stable name for the task instance, safe in file names."""
+        raw = "\x1f".join((self.dag_id, self.run_id, self.task_id, str(self.map_index)))
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        label = _UNSAFE.sub("_", self.task_id)[:60]
+        suffix = f"-m{self.map_index}" if self.map_index >= 0 else ""
+        return f"{label}{suffix}-{digest}"
+
+    def describe(self) -> str:
+        where = f"[{self.map_index}]" if self.map_index >= 0 else ""
+        return f"task {self.dag_id}.{self.task_id}{where} of run {self.run_id}"
+
+
+# --- storage ---------------------------------------------------------------------------------------
+
+
+def _is_local(filesystem: Any) -> bool:
+    if filesystem is None:
+        return True
+    from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
+
+    return isinstance(filesystem, LocalFileSystem)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Storage:
+    """Writes whole files into the ledger directory: fsynced renames locally, one put on object storage."""
+
+    def __init__(self, root: str | os.PathLike[str], filesystem: Any, *, create: bool = True) -> None:
+        self.local = _is_local(filesystem)
+        self.filesystem: Any = filesystem
+        self.root = os.fspath(root).rstrip("/") or "/"
+        if not create:
+            return
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        else:
+            self.filesystem.makedirs(self.root, exist_ok=True)
+
+    def exists(self) -> bool:
+        return Path(self.root).is_dir() if self.local else bool(self.filesystem.isdir(self.root))
+
+    def dataset(self) -> ds.Dataset:
+        """The directory as one dataset (files named ``_*`` or ``.*``, the temporary ones, are skipped)."""
+        return ds.dataset(
+            self.root, format="parquet", schema=LEDGER_SCHEMA, filesystem=self.pyarrow_filesystem()
+        )
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def write_table(self, name: str, tables: Sequence[pa.Table]) -> str:
+        """Write ``tables`` as one Parquet file ``name``, atomically."""
+        target = self.path(name)
+        if self.local:
+            tmp = Path(self.root) / f"_{name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                with open(tmp, "wb") as handle:
+                    with pq.ParquetWriter(handle, LEDGER_SCHEMA, compression="zstd") as writer:
+                        for table in tables:
+                            writer.write_table(table)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(Path(self.root))
+        else:
+            sink = io.BytesIO()
+            with pq.ParquetWriter(sink, LEDGER_SCHEMA, compression="zstd") as writer:
+                for table in tables:
+                    writer.write_table(table)
+            # One put of the whole object: object stores have no appends, and a put is atomic.
+            self.filesystem.pipe_file(target, sink.getvalue())
+        return target
+
+    def list(self, prefix: str) -> list[str]:
+        """Names of the files in the ledger directory that start with ``prefix``."""
+        if self.local:
+            return sorted(p.name for p in Path(self.root).glob(f"{prefix}*.parquet"))
+        names = self.filesystem.glob(self.path(f"{prefix}*.parquet"))
+        return sorted(str(n).rsplit("/", 1)[-1] for n in names)
+
+    def read(self, name: str) -> pa.Table:
+        if self.local:
+            return pq.read_table(self.path(name), schema=LEDGER_SCHEMA)
+        with self.filesystem.open(self.path(name), "rb") as handle:
+            return pq.read_table(handle, schema=LEDGER_SCHEMA)
+
+    def delete(self, names: Sequence[str]) -> None:
+        for name in names:
+            if self.local:
+                Path(self.path(name)).unlink(missing_ok=True)
+            else:
+                self.filesystem.rm_file(self.path(name))
+        if self.local and names:
+            _fsync_dir(Path(self.root))
+
+    def pyarrow_filesystem(self) -> pafs.FileSystem:
+        if self.local:
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem))
+
+
+def _utc_stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+class LedgerWriter:
+    """Records outcomes into a ledger directory as they happen. Thread-safe.
+
+    A background thread writes what was recorded every ``flush_interval`` seconds as a new segment;
+    :meth:`close` writes the rest and compacts the task instance's segments into one file.
+
+    :param root: the ledger directory: a local path, or a path on ``filesystem``.
+    :param scope: the task instance and try that record.
+    :param migration_id: tags every row.
+    :param api_id: tags every row.
+    :param filesystem: an fsspec filesystem (``None``: local).
+    :param flush_interval: seconds between segments: what a SIGKILL can lose at most.
+    :param max_buffer_rows: rows recorded before a segment is written early (bounds memory).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        scope: LedgerScope,
+        *,
+        migration_id: str,
+        api_id: str,
+        filesystem: Any | None = None,
+        flush_interval: float = 2.0,
+        max_buffer_rows: int = 100_000,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval must be positive, got {flush_interval}")
+        self.storage = _Storage(root, filesystem)
+        self.scope = scope
+        self.migration_id = migration_id
+        self.api_id = api_id
+        self.flush_interval = flush_interval
+        self.max_buffer_rows = max_buffer_rows
+        self.rows_written = 0
+        self.segments: list[str] = []
+        self._names = [f.name for f in LEDGER_SCHEMA]
+        self._columns: dict[str, list[Any]] = {name: [] for name in self._names}
+        self._pending = 0
+        self._unwritten: list[pa.Table] = []  # tables a failed write left behind, written next time
+        self._buffer_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="unkey-ledger", daemon=True)
+        self._thread.start()
+
+    @property
+    def root(self) -> str:
+        return self.storage.root
+
+    # --- recording, from any thread ----------------------------------------------------------------
+    def _append(self, n: int, **columns: Sequence[Any] | Any) -> None:
+        with self._buffer_lock:
+            for name in self._names:
+                value = columns.get(name)
+                if isinstance(value, list | tuple):
+                    self._columns[name].extend(value)
+                else:
+                    self._columns[name].extend([value] * n)
+            self._pending += n
+            full = self._pending >= self.max_buffer_rows
+        if full:
+            self._wake.set()
+
+    def _tags(self) -> dict[str, Any]:
+        s = self.scope
+        return {
+            "migration_id": self.migration_id,
+            "api_id": self.api_id,
+            "dag_id": s.dag_id,
+            "run_id": s.run_id,
+            "task_id": s.task_id,
+            "map_index": s.map_index,
+            "try_number": s.try_number,
+        }
+
+    def record_migrated(
+        self, hashes: Sequence[str], key_ids: Sequence[str], rows: Sequence[int], request_id: str | None
+    ) -> None:
+        """Record keys Unkey created."""
+        if hashes:
+            self._append(
+                len(hashes),
+                hash=list(hashes),
+                key_id=list(key_ids),
+                source_row=list(rows),
+                request_id=request_id,
+                **self._tags(),
+            )
+
+    def record_failed(
+        self,
+        hashes: Sequence[str | None],
+        rows: Sequence[int],
+        reason: Reason,
+        stage: Stage,
+        details: Sequence[str | None],
+        request_id: str | None,
+    ) -> None:
+        """Record rows that were not migrated (one detail per row)."""
+        if rows:
+            self._append(
+                len(rows),
+                hash=list(hashes),
+                reason=reason.value,
+                stage=stage.value,
+                detail=list(details),
+                source_row=list(rows),
+                request_id=request_id,
+                **self._tags(),
+            )
+
+    # --- writing segments --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # kept for close(), which raises it; the next flush retries
+                log.exception("writing the ledger to %s failed; retrying at the next flush", self.root)
+                self._error = exc
+
+    def flush(self) -> int:
+        """Write what was recorded since the last flush as one segment; return its row count."""
+        with self._buffer_lock:
+            columns, self._columns = self._columns, {name: [] for name in self._names}
+            pending, self._pending = self._pending, 0
+        with self._write_lock:
+            if pending:
+                now = dt.datetime.now(dt.UTC)
+                columns["recorded_at"] = [now] * pending
+                self._unwritten.append(pa.Table.from_pydict(columns, schema=LEDGER_SCHEMA))
+            if not self._unwritten:
+                return 0
+            rows = sum(int(t.num_rows) for t in self._unwritten)
+            name = (
+                f"{_SEGMENT_PREFIX}{self.scope.task_instance_key}-try{self.scope.try_number}"
+                f"-{_utc_stamp()}-{len(self.segments):06d}.parquet"
+            )
+            self.storage.write_table(name, self._unwritten)
+            self._unwritten = []
+            self.segments.append(name)
+            self.rows_written += rows
+            self._error = None
+            return rows
+
+    def close(self, compact: bool = True) -> None:
+        """Write what is left, stop the background thread, and compact this task instance's segments.
+
+        :raises LedgerError: when the last records cannot be written.
+        """
+        if self._closed:
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        try:
+            self.flush()
+        except Exception as exc:
+            raise LedgerError(
+                f"the last outcomes could not be written to the ledger {self.root}: {exc}"
+            ) from exc
+        self._closed = True
+        if compact:
+            try:
+                self.compact()
+            except Exception:
+                # The segments are all there: a failed compaction costs only tidiness.
+                log.exception(
+                    "compacting the ledger segments in %s failed; they are kept as they are", self.root
+                )
+
+    def compact(self) -> str | None:
+        """Merge the task instance's segments (this try's and earlier tries') into one file.
+
+        The merged file is written (atomically) before the segments are deleted, so a crash in
+        between leaves some rows twice, never none.
+
+        :return: the merged file's name, or ``None`` when there was at most one segment.
+        """
+        names = self.storage.list(f"{_SEGMENT_PREFIX}{self.scope.task_instance_key}-")
+        if len(names) < 2:
+            return None
+        tables = [self.storage.read(name) for name in names]
+        merged = f"{self.scope.task_instance_key}-try{self.scope.try_number}-{_utc_stamp()}.parquet"
+        self.storage.write_table(merged, tables)
+        self.storage.delete(names)
+        log.info("ledger: %d segments compacted into %s", len(names), self.storage.path(merged))
+        return merged
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _words(digest_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first 16 bytes of each digest as two uint64: prefix (sorted, searched) and the next word."""
+    contiguous = np.ascontiguousarray(digest_rows, dtype=np.uint8)
+    second = np.ascontiguousarray(contiguous[:, 8:16]).view(">u8").reshape(len(contiguous))
+    return _prefix(contiguous), second.astype(np.uint64)
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What the ledger knows of a batch of digests.
+
+    :param mine: per digest, the index into :attr:`KnownHashes.records` of an earlier try's record of
+        this task instance, or -1.
+    :param known: per digest, whether another run recorded it as existing in Unkey (and it is not in
+        ``mine``).
+    """
+
+    mine: np.ndarray
+    known: np.ndarray
+
+
+class KnownHashes:
+    """The hashes a ledger knows to exist in Unkey, as a compact sorted index.
+
+    Only hashes of the current wire format count (base64 for ``sha256`` migrations, hex for seam
+    ones). A hash is matched on the first 16 bytes of its digest (a 128-bit match: a false match
+    among 10^8 keys has a probability of about 10^-23).
+
+    :param records: the earlier tries' outcomes of this task instance that mean the key exists in
+        Unkey (``key_id``, ``reason``, ``detail``, ``request_id``, ``try_number``), in index order.
+    """
+
+    def __init__(self, mine: _Run | None, others: _Run | None, records: pa.Table, resumed_try: int | None):
+        self._mine = mine
+        self._others = others
+        self.records = records
+        #: The latest earlier try of this task instance found in the ledger (``None``: no resume).
+        self.resumed_try = resumed_try
+
+    @property
+    def mine_count(self) -> int:
+        return len(self._mine) if self._mine is not None else 0
+
+    @property
+    def others_count(self) -> int:
+        return len(self._others) if self._others is not None else 0
+
+    def __len__(self) -> int:
+        return self.mine_count + self.others_count
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index (not counting :attr:`records`)."""
+        return sum(int(r.nbytes) for r in (self._mine, self._others) if r is not None)
+
+    def lookup(self, digest_rows: np.ndarray) -> Lookup:
+        """Which of ``(n, 32)`` digests the ledger knows."""
+        n = len(digest_rows)
+        mine = np.full(n, -1, dtype=np.int64)
+        known = np.zeros(n, dtype=bool)
+        if n == 0 or not len(self):
+            return Lookup(mine, known)
+        prefixes, seconds = _words(digest_rows)
+        if self._mine is not None:
+            self._mine.lookup(prefixes, seconds, mine)
+        if self._others is not None:
+            found = np.full(n, -1, dtype=np.int64)
+            self._others.lookup(prefixes, seconds, found)
+            known = (found >= 0) & (mine < 0)
+        return Lookup(mine, known)
+
+    @classmethod
+    def empty(cls) -> KnownHashes:
+        return cls(None, None, _RECORDS_SCHEMA.empty_table(), None)
+
+    @classmethod
+    def load(
+        cls,
+        root: str | os.PathLike[str],
+        scope: LedgerScope,
+        wire_format: str,
+        *,
+        filesystem: Any | None = None,
+        batch_rows: int = 262_144,
+    ) -> KnownHashes:
+        """Read a ledger directory (missing or empty: nothing known).
+
+        :param root: the ledger directory.
+        :param scope: the current task instance: its earlier tries' records are resumed from.
+        :param wire_format: ``sha256_base64`` or ``sha256_hex``: hashes of the other format are ignored.
+        :param filesystem: an fsspec filesystem (``None``: local).
+        """
+        storage = _Storage(root, filesystem, create=False)
+        if not storage.exists():
+            return cls.empty()
+        dataset = storage.dataset()
+        exists_filter = pc.field("reason").is_null() | pc.field("reason").isin(list(EXISTS_IN_UNKEY))
+        columns = ["hash", "key_id", "reason", "detail", "request_id", "dag_id", "run_id", "task_id"]
+        columns += ["map_index", "try_number"]
+        mine_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        other_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        record_parts: list[pa.RecordBatch] = []
+        resumed: int | None = None
+        try:
+            scanner = dataset.scanner(
+                columns=columns, filter=exists_filter, batch_size=batch_rows, use_threads=False
+            )
+            for scanned in scanner.to_batches():
+                if not scanned.num_rows:
+                    continue
+                batch = scanned.filter(hash_codec.format_mask(scanned.column("hash"), wire_format))
+                if not batch.num_rows:
+                    continue
+                same = pc.and_(
+                    pc.and_(
+                        pc.equal(batch.column("dag_id"), scope.dag_id),
+                        pc.equal(batch.column("run_id"), scope.run_id),
+                    ),
+                    pc.and_(
+                        pc.equal(batch.column("task_id"), scope.task_id),
+                        pc.equal(batch.column("map_index"), scope.map_index),
+                    ),
+                )
+                same_np = np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False), dtype=bool)
+                digest_rows = hash_codec.digests(batch.column("hash"), wire_format)
+                prefixes, seconds = _words(digest_rows)
+                if same_np.any():
+                    mine_batch = batch.filter(pa.array(same_np))
+                    mine_parts.append((prefixes[same_np], seconds[same_np]))
+                    record_parts.append(
+                        pa.RecordBatch.from_arrays(
+                            [mine_batch.column(c) for c in _RECORDS_SCHEMA.names], schema=_RECORDS_SCHEMA
+                        )
+                    )
+                    latest = pc.max(mine_batch.column("try_number")).as_py()
+                    if latest is not None:
+                        resumed = max(resumed or 0, int(latest))
+                other = ~same_np
+                if other.any():
+                    other_parts.append((prefixes[other], seconds[other]))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise LedgerError(f"the ledger {storage.root} cannot be read: {exc}") from exc
+
+        def build(parts: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None) -> _Run | None:
+            if not parts:
+                return None
+            prefixes = np.concatenate([p for p, _ in parts])
+            seconds = np.concatenate([s for _, s in parts])
+            # ``rows``: what a lookup returns; a single zero byte a hash where only presence matters.
+            values = rows if rows is not None else np.zeros(len(prefixes), dtype=np.int8)
+            return _Run(prefixes, seconds, values)
+
+        records = pa.Table.from_batches(record_parts, schema=_RECORDS_SCHEMA)
+        mine = build(mine_parts, np.arange(records.num_rows, dtype=np.int64))
+        others = build(other_parts, None)
+        return cls(mine, others, records, resumed)
+
+
+_RECORDS_SCHEMA = pa.schema(
+    [
+        pa.field("hash", pa.string()),
+        pa.field("key_id", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("request_id", pa.string()),
+        pa.field("try_number", pa.int32()),
+    ]
+)
+
+
+def read_ledger(root: str | os.PathLike[str], *, filesystem: Any | None = None) -> pa.Table:
+    """The whole ledger as one table (for tests and small ledgers; query big ones with a dataset)."""
+    storage = _Storage(root, filesystem, create=False)
+    return storage.dataset().to_table() if storage.exists() else LEDGER_SCHEMA.empty_table()
