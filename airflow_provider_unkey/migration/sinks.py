@@ -26,12 +26,14 @@ from airflow_provider_unkey.migration.sources import driver_family
 
 log = logging.getLogger(__name__)
 
-#: The two files a run writes, by outcome.
-OUTPUT_FILES = {"migrated": "migrated.parquet", "failed": "failed.parquet"}
+#: The files a run writes, by outcome (``skipped`` only when asked for).
+OUTPUT_FILES = {"migrated": "migrated.parquet", "failed": "failed.parquet", "skipped": "skipped.parquet"}
+_REQUIRED_OUTPUTS = ("migrated", "failed")
 
 
 def copy_outputs(local_dir: str | Path, destination: str, filesystem: Any | None = None) -> dict[str, str]:
-    """Copy ``migrated.parquet`` and ``failed.parquet`` from ``local_dir`` into ``destination``.
+    """Copy ``migrated.parquet`` and ``failed.parquet`` (and ``skipped.parquet``, when written) from
+    ``local_dir`` into ``destination``.
 
     The files are streamed (fsspec's ``put_file`` copies in blocks), so their size does not matter.
     Files of the same name already at the destination (an earlier try of the same task) are kept,
@@ -49,7 +51,8 @@ def copy_outputs(local_dir: str | Path, destination: str, filesystem: Any | None
 
     local = Path(local_dir)
     sources = {name: local / filename for name, filename in OUTPUT_FILES.items()}
-    missing = [str(p) for p in sources.values() if not p.is_file()]
+    missing = [str(sources[name]) for name in _REQUIRED_OUTPUTS if not sources[name].is_file()]
+    sources = {name: path for name, path in sources.items() if path.is_file()}
     if missing:
         raise FileNotFoundError(f"no run outputs to copy: {', '.join(missing)} missing")
     if filesystem is None:
@@ -217,7 +220,7 @@ class SqlOutcomeSink:
                 raise ValueError(
                     f"{name} must be a non-empty string of at most 256 characters, got {value!r}"
                 )
-        files = {name: Path(local_dir) / filename for name, filename in OUTPUT_FILES.items()}
+        files = {name: Path(local_dir) / OUTPUT_FILES[name] for name in _COLUMNS}
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"no run outputs to write: {', '.join(missing)} missing")

@@ -134,15 +134,29 @@ def sql_source(
 
 
 def upload_outputs(local_dir: str | Path, output_path: PathLike) -> dict[str, str]:
-    """Copy a run's ``migrated.parquet`` and ``failed.parquet`` into ``output_path``.
+    """Copy a run's ``migrated.parquet`` and ``failed.parquet`` (and ``skipped.parquet``) into ``output_path``.
 
     :param local_dir: the local directory the run wrote.
     :param output_path: a directory: a local path or an ``ObjectStoragePath`` URI.
-    :return: outcome (``migrated``, ``failed``) -> the copied file's URI (with the connection id).
+    :return: outcome (``migrated``, ``failed``, ``skipped``) -> the copied file's URI (with the
+        connection id).
     """
     destination = _storage_path(output_path)
-    copy_outputs(local_dir, destination.path, filesystem=destination.fs)
-    return {name: str(destination / filename) for name, filename in OUTPUT_FILES.items()}
+    copied = copy_outputs(local_dir, destination.path, filesystem=destination.fs)
+    return {name: str(destination / filename) for name, filename in OUTPUT_FILES.items() if name in copied}
+
+
+def join_path(directory: PathLike, name: str) -> str:
+    """``name`` inside ``directory`` (a local path or a URI), as text."""
+    return str(_storage_path(directory) / name)
+
+
+def ledger_location(path: PathLike) -> tuple[str, Any | None]:
+    """Where a ledger lives: its path and fsspec filesystem (``None`` for a local directory)."""
+    storage = _storage_path(path)
+    if (storage.protocol or "") in _LOCAL_PROTOCOLS:
+        return storage.path, None
+    return storage.path, storage.fs
 
 
 def write_outcomes_to_sql(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.migration.engine import (
@@ -21,9 +21,11 @@ from airflow_provider_unkey.migration.engine import (
     DEFAULT_MAX_REQUEST_BYTES,
     MigrationAborted,
     MigrationSummary,
+    RunControl,
     run_migration,
 )
-from airflow_provider_unkey.migration.hashes import HASH_FORMATS, canonical_algorithm
+from airflow_provider_unkey.migration.hashes import HASH_FORMATS, canonical_algorithm, wire_format
+from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter
 from airflow_provider_unkey.migration.outcomes import Reason
 from airflow_provider_unkey.migration.prepare import KEY_FIELD_PATHS
 from airflow_provider_unkey.rules import MAX_BODY_BYTES
@@ -83,6 +85,18 @@ class MigrateKeysOperator(BaseOperator):
 
     :param output_path: a local directory or ``ObjectStoragePath`` URI for ``migrated.parquet`` and
         ``failed.parquet``. Templated. Default: ``$AIRFLOW_HOME/unkey_migrations/<dag>/<run>/<task>``.
+    :param ledger_path: the ledger: a directory of Parquet files (local or any ``ObjectStoragePath``
+        URI) where every outcome is recorded durably as batches complete, and which reads as one table.
+        A retry of the task resumes from it: hashes its earlier tries recorded are not sent again and
+        their outcomes are reported again. Hashes that other runs recorded as existing in Unkey
+        (migrated, ``already_exists``, ``unconfirmed``) are skipped: share one ledger between the runs
+        of a scheduled DAG and each run sends only new keys. Templated. Default: ``ledger/`` inside
+        the task's output location. See docs/reliability.md.
+    :param list_skipped: also write the rows skipped as known to the ledger to ``skipped.parquet``
+        (and XCom); by default they are only counted.
+    :param ledger_flush_interval: seconds between the ledger's segments: the most a crash can lose.
+    :param on_kill_timeout: when the task is killed, seconds to wait for requests in flight before the
+        ledger is flushed.
     :param output_conn_id: a common-sql connection to also append the outcomes to tables.
     :param output_table_prefix: the tables are ``<prefix>_migrated`` and ``<prefix>_failed``. Templated.
     :param xcom_max_rows: push the ``migrated`` and ``failed`` frames to XCom when they have at most
@@ -92,8 +106,8 @@ class MigrateKeysOperator(BaseOperator):
     :param max_failed_ratio: fail the task (after writing its outputs) when more than this share of
         rows failed for any reason.
     :param progress_interval: seconds between progress lines in the task log.
-    :return: a summary: ``total``, ``migrated``, ``failed``, ``failed_by_reason``, durations, keys/s,
-        output URIs.
+    :return: a summary: ``total``, ``migrated``, ``failed``, ``failed_by_reason``, ``skipped``,
+        ``resumed``, durations, keys/s, output URIs (``ledger`` among them).
     """
 
     template_fields: Sequence[str] = (
@@ -103,6 +117,7 @@ class MigrateKeysOperator(BaseOperator):
         "sql",
         "sql_parameters",
         "output_path",
+        "ledger_path",
         "output_table_prefix",
         "column_mapping",
     )
@@ -130,6 +145,10 @@ class MigrateKeysOperator(BaseOperator):
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         output_path: str | None = None,
+        ledger_path: str | None = None,
+        list_skipped: bool = False,
+        ledger_flush_interval: float = 2.0,
+        on_kill_timeout: float = 30.0,
         output_conn_id: str | None = None,
         output_table_prefix: str | None = None,
         xcom_max_rows: int = 10_000,
@@ -162,6 +181,8 @@ class MigrateKeysOperator(BaseOperator):
         for name, ratio in (("max_invalid_ratio", max_invalid_ratio), ("max_failed_ratio", max_failed_ratio)):
             if ratio is not None and not 0 <= ratio <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
+        if ledger_flush_interval <= 0 or on_kill_timeout < 0:
+            raise ValueError("ledger_flush_interval must be positive and on_kill_timeout not negative")
         if bool(output_conn_id) != bool(output_table_prefix):
             raise ValueError("output_conn_id and output_table_prefix go together")
         self.migration_id = migration_id
@@ -181,6 +202,11 @@ class MigrateKeysOperator(BaseOperator):
         self.max_request_bytes = max_request_bytes
         self.max_concurrency = max_concurrency
         self.output_path = output_path
+        self.ledger_path = ledger_path
+        self.list_skipped = list_skipped
+        self.ledger_flush_interval = ledger_flush_interval
+        self.on_kill_timeout = on_kill_timeout
+        self._control: RunControl | None = None
         self.output_conn_id = output_conn_id
         self.output_table_prefix = output_table_prefix
         self.xcom_max_rows = xcom_max_rows
@@ -216,6 +242,36 @@ class MigrateKeysOperator(BaseOperator):
                 )
             yield batch.filter(hash_partition_mask(batch.column(column), index, count, hash_format))
 
+    def _ledger_scope(self, context: Context) -> LedgerScope:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return LedgerScope(
+            dag_id=self.dag_id,
+            run_id=context["run_id"],
+            task_id=self.task_id,
+            map_index=-1 if map_index is None else int(map_index),
+            try_number=int(getattr(ti, "try_number", 1) or 1),
+        )
+
+    def on_kill(self) -> None:
+        """Stop sending; wait up to ``on_kill_timeout`` for requests in flight; flush the ledger."""
+        control = self._control
+        if control is None:
+            return
+        self.log.warning(
+            "The task is being killed: no new request goes out; waiting up to %.0fs for the requests in"
+            " flight, then flushing the ledger",
+            self.on_kill_timeout,
+        )
+        if control.stop(self.on_kill_timeout):
+            self.log.warning("Requests in flight ended and their outcomes are in the ledger")
+        else:
+            self.log.warning(
+                "Some requests were still in flight after %.0fs; their keys will be re-sent by a retry and"
+                " reported unconfirmed if Unkey created them",
+                self.on_kill_timeout,
+            )
+
     def _default_output_path(self, context: Context) -> str:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
         ti = context["ti"]
@@ -231,8 +287,10 @@ class MigrateKeysOperator(BaseOperator):
         import pyarrow.parquet as pq
 
         ti = context["ti"]
-        for name in ("migrated", "failed"):
-            rows = summary.migrated if name == "migrated" else summary.failed
+        counts = {"migrated": summary.migrated, "failed": summary.failed, "skipped": summary.skipped}
+        for name, rows in counts.items():
+            if name not in outputs:
+                continue  # skipped rows are listed only when asked for
             if rows <= self.xcom_max_rows:
                 ti.xcom_push(key=name, value=pq.read_table(local_dir / f"{name}.parquet").to_pandas())
             else:
@@ -254,6 +312,22 @@ class MigrateKeysOperator(BaseOperator):
         if not self.send_nothing:
             client = UnkeyHook(self.unkey_conn_id, pool_size=self.max_concurrency).client
         source, total = self._source()
+        scope = self._ledger_scope(context)
+        ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
+        ledger_root, ledger_fs = io.ledger_location(ledger_path)
+        known = KnownHashes.load(ledger_root, scope, wire_format(self.algorithm), filesystem=ledger_fs)
+        if known.resumed_try is None and scope.try_number > 1:
+            known.resumed_try = scope.try_number - 1  # that try may have died before its first segment
+        ledger = None
+        if not self.send_nothing:
+            ledger = LedgerWriter(
+                ledger_root,
+                scope,
+                migration_id=self.migration_id,
+                api_id=self.api_id,
+                filesystem=ledger_fs,
+                flush_interval=self.ledger_flush_interval,
+            )
         work_dir = Path(tempfile.mkdtemp(prefix="unkey-migrate-"))
         self.log.info(
             "Migrating keys into API %s with migration %s (%s hashes on the wire); outputs to %s%s",
@@ -263,7 +337,15 @@ class MigrateKeysOperator(BaseOperator):
             output_path,
             " [dry run: nothing is sent]" if self.send_nothing else "",
         )
+        self.log.info(
+            "Ledger %s: %d hashes of earlier tries of this task to resume from, %d known from other runs"
+            " (not sent again)",
+            ledger_path,
+            known.mine_count,
+            known.others_count,
+        )
         aborted: MigrationAborted | None = None
+        self._control = control = RunControl()
         try:
             try:
                 summary = run_migration(
@@ -283,6 +365,10 @@ class MigrateKeysOperator(BaseOperator):
                     total_rows=total,
                     progress_interval=self.progress_interval,
                     emit=self.log.info,
+                    ledger=ledger,
+                    known=known,
+                    list_skipped=self.list_skipped,
+                    control=control,
                 )
             except MigrationAborted as exc:
                 if exc.summary is None:
@@ -294,7 +380,7 @@ class MigrateKeysOperator(BaseOperator):
                 self._save_partial_outputs(work_dir, output_path)
                 raise
             outputs = io.upload_outputs(work_dir, output_path)
-            summary.outputs = dict(outputs)
+            summary.outputs = {**outputs, "ledger": str(ledger_path)}
             if self.output_conn_id and self.output_table_prefix:
                 # One key per try: a retry's rows go beside the earlier try's, which may hold key ids
                 # that Unkey will not return again (it answers those hashes as already existing).
@@ -309,17 +395,23 @@ class MigrateKeysOperator(BaseOperator):
                 summary.outputs.update(tables)
             self._push_frames(context, summary, outputs, work_dir)
         finally:
+            self._control = None
+            if ledger is not None:
+                ledger.close()  # no-op after a run that ended; after a crash, flushes what it recorded
             if client is not None:
                 client.close()
             shutil.rmtree(work_dir, ignore_errors=True)
 
         result = summary.as_dict()
         self.log.info(
-            "Done: %d rows, %d migrated, %d failed %s%s; %.0f keys/s over %.1fs. Outputs: %s",
+            "Done: %d rows, %d migrated, %d failed %s, %d skipped (known to the ledger)%s%s; %.0f keys/s"
+            " over %.1fs. Outputs: %s",
             summary.total,
             summary.migrated,
             summary.failed,
             summary.failed_by_reason,
+            summary.skipped,
+            f", {summary.resumed} resumed from earlier tries" if summary.resumed else "",
             f", {summary.would_send} would be sent" if summary.dry_run else "",
             summary.keys_per_second,
             summary.duration_seconds,
@@ -328,6 +420,12 @@ class MigrateKeysOperator(BaseOperator):
         if aborted is not None:
             context["ti"].xcom_push(key="summary", value=result)
             raise AirflowFailException(str(aborted))
+        if summary.stopped:
+            # on_kill: the outcomes and the ledger are saved; a retry resumes from the ledger.
+            raise AirflowException(
+                "the task was stopped before every row was sent; the outcomes recorded so far are in "
+                f"{summary.outputs.get('failed')} and the ledger {ledger_path}: a retry resumes from it"
+            )
         self._check_ratios(summary, context, result)
         return result
 
