@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -299,13 +300,13 @@ def test_past_the_server_timeout_is_408_with_nothing_stored(
     make_emulator: Callable[..., UnkeyEmulator],
 ) -> None:
     emu = make_emulator(server_timeout=0.3)
-    emu.set_faults(latency_per_key=0.05)
+    emu.set_faults(latency_per_key=0.6)
     t0 = time.monotonic()
-    r = migrate(emu, *[key(i) for i in range(100)])  # 5 s of latency > 0.3 s
-    elapsed = time.monotonic() - t0
+    # 60 s of latency > 0.3 s. An answer at all shows the server did not sit out the whole latency: the
+    # client gives up after 10 s (no upper bound on the time taken: the machine may be busy).
+    r = migrate(emu, *[key(i) for i in range(100)])
     assert_error(r, 408, "user/bad_request/request_timeout")
-    # Answered at the server timeout, not after the whole latency (generous: the machine may be busy).
-    assert 0.3 <= elapsed < 3.0
+    assert time.monotonic() - t0 >= 0.3
     assert emu.keys == {}
     emu.set_faults(latency_per_key=0.0)
     assert migrate(emu, key(1)).status_code == 200
@@ -344,20 +345,53 @@ def test_a_small_chunked_body_is_read(emu: UnkeyEmulator) -> None:
     assert r.status_code == 200 and len(r.json()["data"]["migrated"]) == 1
 
 
+class FakeClock:
+    """The rate limiter's clock, moved by the test: windows end when the test says, not with time."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+QUOTA_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
+
+def quota(r: requests.Response) -> tuple[str, str, str] | None:
+    """``(limit, remaining, reset)`` from the RateLimit-* headers, or ``None`` when none was sent."""
+    present = [name for name in QUOTA_HEADERS if name in r.headers]
+    if not present:
+        return None
+    assert present == list(QUOTA_HEADERS), f"only {present} of the RateLimit-* headers: {r.headers}"
+    return r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"], r.headers["RateLimit-Reset"]
+
+
+def assert_limited(r: requests.Response, limit: int, reset: int) -> None:
+    """A 429 with every rate-limit header: nothing remaining, ``Retry-After`` = ``RateLimit-Reset``."""
+    assert_error(r, 429, "user/too_many_requests/workspace_rate_limited")
+    assert quota(r) == (str(limit), "0", str(reset))
+    assert r.headers["Retry-After"] == str(reset)
+
+
 def test_the_workspace_rate_limit_is_429_then_recovers(make_emulator: Callable[..., UnkeyEmulator]) -> None:
-    emu = make_emulator(rate_limit=2, rate_limit_window=0.5)
+    clock = FakeClock()
+    emu = make_emulator(rate_limit=2, rate_limit_window=60, rate_limit_clock=clock)
     emu.add_root_key("unkey_root_same_ws")  # same workspace: shares the limit
     emu.add_root_key("unkey_root_other_ws", workspace_id="ws_other")
     emu.add_api("api_other_ws", workspace_id="ws_other")
     emu.add_migration("mig_other_ws", workspace_id="ws_other")
-    assert migrate(emu, key(1)).status_code == 200
-    assert migrate(emu, key(2), headers={"Authorization": "Bearer unkey_root_same_ws"}).status_code == 200
-    limited = migrate(emu, key(3))
-    assert_error(limited, 429, "user/too_many_requests/workspace_rate_limited")
-    assert limited.headers["RateLimit-Limit"] == "2"
-    assert limited.headers["RateLimit-Remaining"] == "0"
-    reset = int(limited.headers["RateLimit-Reset"])
-    assert reset >= 1 and limited.headers["Retry-After"] == str(reset)
+    first = migrate(emu, key(1))
+    assert first.status_code == 200 and quota(first) == ("2", "1", "60")
+    assert "Retry-After" not in first.headers
+    clock.advance(10.5)
+    second = migrate(emu, key(2), headers={"Authorization": "Bearer unkey_root_same_ws"})
+    assert second.status_code == 200 and quota(second) == ("2", "0", "50")  # ceil(49.5)
+    # Whole seconds until the window frees capacity, not a timestamp (the clock reads 1,000,010.5).
+    assert_limited(migrate(emu, key(3)), limit=2, reset=50)
     assert key(3)["hash"] not in emu.keys
     other = post(
         emu,
@@ -366,8 +400,157 @@ def test_the_workspace_rate_limit_is_429_then_recovers(make_emulator: Callable[.
         headers={"Authorization": "Bearer unkey_root_other_ws"},
     )
     assert other.status_code == 200  # another workspace has its own window
-    time.sleep(0.55)
-    assert migrate(emu, key(3)).status_code == 200
+    assert quota(other) == ("2", "1", "60")
+    clock.advance(49.1)
+    assert_limited(migrate(emu, key(3)), limit=2, reset=1)  # ceil(0.4): never 0 while limited
+    clock.advance(0.4)  # the window has ended
+    recovered = migrate(emu, key(3))
+    assert recovered.status_code == 200 and quota(recovered) == ("2", "1", "60")
+
+
+@pytest.mark.parametrize("start", [641.3892925470899, 16113.91567338527])
+def test_the_reset_of_a_fresh_window_is_the_window(
+    make_emulator: Callable[..., UnkeyEmulator], start: float
+) -> None:
+    # Clock readings where start + 600 - start rounds above 600: the reset must still be 600.
+    assert math.ceil(start + 600 - start) == 601
+    emu = make_emulator(rate_limit=1, rate_limit_window=600, rate_limit_clock=FakeClock(start))
+    assert quota(migrate(emu, key(1))) == ("1", "0", "600")
+    assert_limited(migrate(emu, key(2)), limit=1, reset=600)
+
+
+def _weak_root(emu: UnkeyEmulator) -> dict[str, str]:
+    emu.add_root_key("unkey_root_powerless", permissions=())
+    return {"Authorization": "Bearer unkey_root_powerless"}
+
+
+#: One request per route and answer a client can get once authenticated: (name, status, send).
+AUTHENTICATED_ANSWERS: list[tuple[str, int, Callable[[UnkeyEmulator], requests.Response]]] = [
+    ("migrate 200", 200, lambda emu: migrate(emu, key(1))),
+    ("migrate 200 all failed", 200, lambda emu: migrate(emu, key(1))),
+    ("migrate 400 schema", 400, lambda emu: migrate(emu, key(2, prefix="sk"))),
+    ("migrate 400 json", 400, lambda emu: post(emu, MIGRATE, b"{")),
+    (
+        "migrate 400 refill",
+        400,
+        lambda emu: migrate(
+            emu, key(2, credits={"remaining": 1, "refill": {"interval": "monthly", "amount": 1}})
+        ),
+    ),
+    ("migrate 403", 403, lambda emu: migrate(emu, key(2), headers=_weak_root(emu))),
+    ("migrate 404 api", 404, lambda emu: post(emu, MIGRATE, body(key(2), api_id="api_missing"))),
+    ("migrate 404 migration", 404, lambda emu: post(emu, MIGRATE, body(key(2), migration_id="mig_nope"))),
+    ("migrate 500 duplicate", 500, lambda emu: migrate(emu, key(2), key(2))),
+    ("migrate 500 null credits", 500, lambda emu: migrate(emu, key(2, credits={"remaining": None}))),
+    ("verify 200 valid", 200, lambda emu: post(emu, VERIFY, {"key": plaintext(1)})),
+    ("verify 200 not found", 200, lambda emu: post(emu, VERIFY, {"key": "sk_nope"})),
+    (
+        "verify 200 unknown migration",
+        200,
+        lambda emu: post(emu, VERIFY, {"key": "sk_nope", "migrationId": "mig_nope"}),
+    ),
+    ("verify 400", 400, lambda emu: post(emu, VERIFY, {"key": ""})),
+    ("verify 403", 403, lambda emu: post(emu, VERIFY, {"key": plaintext(1)}, headers=_weak_root(emu))),
+    ("getApi 200", 200, lambda emu: post(emu, GET_API, {"apiId": "api_test"})),
+    ("getApi 400", 400, lambda emu: post(emu, GET_API, {"apiId": "x"})),
+    ("getApi 403", 403, lambda emu: post(emu, GET_API, {"apiId": "api_test"}, headers=_weak_root(emu))),
+    ("getApi 404", 404, lambda emu: post(emu, GET_API, {"apiId": "api_missing"})),
+]
+
+
+@pytest.mark.parametrize("limit", [None, 100])
+def test_every_authenticated_answer_carries_the_quota_while_the_limit_is_on(
+    make_emulator: Callable[..., UnkeyEmulator], limit: int | None
+) -> None:
+    clock = FakeClock()
+    emu = make_emulator(rate_limit=limit, rate_limit_window=60, rate_limit_clock=clock)
+    for n, (name, status, send) in enumerate(AUTHENTICATED_ANSWERS, start=1):
+        clock.advance(1.0)
+        r = send(emu)
+        assert r.status_code == status, (name, r.text)
+        assert "Retry-After" not in r.headers, name
+        if limit is None:
+            assert quota(r) is None, name
+        else:
+            # The window opened with the first request: n seconds ago, n units used.
+            assert quota(r) == (str(limit), str(limit - n), str(60 - (n - 1))), name
+
+
+def test_unauthenticated_answers_carry_no_quota_and_cost_nothing(
+    make_emulator: Callable[..., UnkeyEmulator],
+) -> None:
+    clock = FakeClock()
+    emu = make_emulator(rate_limit=5, rate_limit_window=60, rate_limit_clock=clock)
+    answers = [
+        migrate(emu, key(1), headers={}),  # 400: no Authorization
+        migrate(emu, key(1), headers={"Authorization": "Basic x"}),  # 400: malformed
+        migrate(emu, key(1), headers={"Authorization": "Bearer nope"}),  # 401
+        post(emu, MIGRATE, b" " * (rules.MAX_BODY_BYTES + 1)),  # 413: never read
+        requests.get(f"{emu.url}/v2/liveness", timeout=10),
+        post(emu, "/v2/keys.nope", {}),  # 404 route
+    ]
+    assert [r.status_code for r in answers] == [400, 400, 401, 413, 200, 404]
+    assert all(quota(r) is None for r in answers)
+    first = migrate(emu, key(1))
+    assert quota(first) == ("5", "4", "60")  # the first request of the window
+
+
+def test_set_rate_limit_switches_the_limit_while_running(make_emulator: Callable[..., UnkeyEmulator]) -> None:
+    clock = FakeClock()
+    emu = make_emulator(rate_limit_clock=clock)
+    with requests.Session() as session:
+        assert quota(migrate(emu, key(1), session=session)) is None
+        emu.set_rate_limit(1, window=30)
+        assert (emu.rate_limit, emu.rate_limit_window) == (1, 30)
+        on = migrate(emu, key(2), session=session)
+        assert on.status_code == 200 and quota(on) == ("1", "0", "30")
+        assert_limited(migrate(emu, key(3), session=session), limit=1, reset=30)
+        emu.set_rate_limit(3)  # a fresh window; the window length stays
+        again = migrate(emu, key(3), session=session)
+        assert again.status_code == 200 and quota(again) == ("3", "2", "30")
+        emu.set_rate_limit(None)
+        off = migrate(emu, key(4), session=session)
+        assert off.status_code == 200 and quota(off) is None
+        emu.set_rate_limit(0)
+        assert_limited(migrate(emu, key(5), session=session), limit=0, reset=30)
+    with pytest.raises(ValueError, match="rate_limit"):
+        emu.set_rate_limit(-1)
+    with pytest.raises(ValueError, match="rate_limit_window"):
+        emu.set_rate_limit(1, window=0)
+    assert (emu.rate_limit, emu.rate_limit_window) == (0, 30)
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_every_injected_429_carries_every_rate_limit_header(
+    make_emulator: Callable[..., UnkeyEmulator], limit: int | None
+) -> None:
+    emu = make_emulator(rate_limit=limit)
+    reported = 0 if limit is None else limit
+    emu.set_faults(rate_limit_storm=1, storm_retry_after=4)
+    assert_limited(migrate(emu, key(1)), limit=reported, reset=4)
+    emu.set_faults(error_rate=1.0, error_statuses=(429,))
+    assert_limited(post(emu, GET_API, {"apiId": "api_test"}), limit=reported, reset=1)
+    emu.set_faults(error_statuses=(503,))
+    injected = migrate(emu, key(1))
+    assert injected.status_code == 503 and quota(injected) is None and "Retry-After" not in injected.headers
+
+
+@pytest.mark.unkey_emulator(rate_limit=1, rate_limit_window=600)
+def test_the_fixture_switches_the_rate_limit_on_from_its_marker(unkey_emulator: UnkeyEmulator) -> None:
+    assert (unkey_emulator.rate_limit, unkey_emulator.rate_limit_window) == (1, 600)
+    ok = migrate(unkey_emulator, key(1))
+    assert ok.status_code == 200
+    limit, remaining, reset = quota(ok) or ("", "", "")
+    assert (limit, remaining) == ("1", "0") and 1 <= int(reset) <= 600
+    limited = migrate(unkey_emulator, key(2))
+    assert_limited(limited, limit=1, reset=int(limited.headers["RateLimit-Reset"]))
+    assert 1 <= int(limited.headers["Retry-After"]) <= 600
+
+
+def test_the_fixture_has_no_rate_limit_by_default(unkey_emulator: UnkeyEmulator) -> None:
+    assert unkey_emulator.rate_limit is None
+    r = migrate(unkey_emulator, key(1))
+    assert r.status_code == 200 and quota(r) is None
 
 
 def test_unauthenticated_requests_do_not_count_against_the_limit(
@@ -402,6 +585,59 @@ def test_a_hash_longer_than_its_column_is_500(emu: UnkeyEmulator) -> None:
 def test_a_400_wins_over_a_500(emu: UnkeyEmulator) -> None:
     bad = key(2, credits={"remaining": 5, "refill": {"interval": "monthly", "amount": 5}})
     assert migrate(emu, key(1), key(1), bad).status_code == 400
+
+
+PANIC = "An unexpected error occurred while processing your request."
+
+
+@pytest.mark.parametrize(
+    "credits",
+    [
+        {"remaining": None},
+        {"remaining": None, "refill": {"interval": "daily", "amount": 5}},
+        {"remaining": None, "refill": {"interval": "monthly", "amount": 5, "refillDay": 1}},
+    ],
+)
+def test_a_null_credits_remaining_panics_the_server_into_a_500_for_the_whole_request(
+    emu: UnkeyEmulator, credits: dict[str, Any]
+) -> None:
+    nulled = key("null", credits=credits)
+    assert rules.schema_violations(body(nulled)) == []  # the schema allows it ("unlimited")
+    r = migrate(emu, key(1), key(2, credits={"remaining": 5}), nulled)
+    error = assert_error(r, 500, "unkey/application/unexpected_error")
+    assert error["title"] == "Internal Server Error" and error["detail"] == PANIC
+    assert "errors" not in error
+    assert r.headers["Content-Type"] == "application/problem+json"
+    assert emu.keys == {}  # all or nothing: the valid keys of the request were not created either
+    plain = migrate(emu, key(1), nulled, headers={**AUTH, "Accept": "application/json"})
+    assert plain.status_code == 500 and plain.headers["Content-Type"] == "application/json"
+    assert emu.keys == {}
+    # The same keys without the null are migrated.
+    ok = migrate(emu, key(1), key(2, credits={"remaining": 5}), key("null"))
+    assert ok.status_code == 200 and len(ok.json()["data"]["migrated"]) == 3
+
+
+def test_a_400_wins_over_the_null_credits_500(emu: UnkeyEmulator) -> None:
+    nulled = key("null", credits={"remaining": None})
+    # A schema failure anywhere in the request.
+    r = migrate(emu, nulled, key(1, prefix="sk"))
+    assert [e["location"] for e in assert_error(r, 400, "unkey/application/invalid_input")["errors"]] == [
+        "body.keys[1].prefix"
+    ]
+    # The server's own 400 (a monthly refill without refillDay), before or after the null.
+    monthly = key(2, credits={"remaining": 5, "refill": {"interval": "monthly", "amount": 5}})
+    for keys in ([nulled, monthly], [monthly, nulled]):
+        error = assert_error(migrate(emu, *keys), 400, "unkey/application/invalid_input")
+        assert [e["location"] for e in error["errors"]] == [
+            f"body.keys[{keys.index(monthly)}].credits.refill.refillDay"
+        ]
+    # Authentication, permission and existence come first too.
+    assert migrate(emu, nulled, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert post(emu, MIGRATE, body(nulled, migration_id="mig_nope")).status_code == 404
+    # Among 500s the answer is the panic's.
+    error = assert_error(migrate(emu, key(1), key(1), nulled), 500, "unkey/application/unexpected_error")
+    assert error["detail"] == PANIC
+    assert emu.keys == {}
 
 
 # --- verifyKey -----------------------------------------------------------------------------------------
@@ -441,13 +677,81 @@ def test_verify_a_seam_key_and_its_rehash(
     assert emu.keys[stored_hash].native_hash is None
     data = verify(emu, secret)
     assert data["valid"] is True and data["keyId"] == key_id
-    assert emu.keys[stored_hash].native_hash == sha256_base64(secret)
-    # Rehashed: found natively now, and still through the migration.
+    # Rehashed: the store's hash index holds the key under its native hash, and the seam hash is gone.
+    native = sha256_base64(secret)
+    assert list(emu.keys) == [native]
+    rehashed = emu.keys[native]
+    assert (rehashed.key_id, rehashed.hash, rehashed.native_hash) == (key_id, stored_hash, native)
     assert verify(emu, secret, migration_id=None)["keyId"] == key_id
     assert verify(emu, secret)["keyId"] == key_id
+    assert list(emu.keys) == [native]  # rehashed once
     assert verify(emu, "mycompany_BRTRKFsL_wrongLongToken")["code"] == "NOT_FOUND"
     # The native hash now exists: migrating it fails.
-    assert migrate(emu, {"hash": sha256_base64(secret)}).json()["data"]["failed"] == [sha256_base64(secret)]
+    assert migrate(emu, {"hash": native}).json()["data"]["failed"] == [native]
+
+
+def test_a_seam_hash_migrated_again_after_the_rehash_creates_a_second_key(
+    make_emulator: Callable[..., UnkeyEmulator],
+) -> None:
+    emu = make_emulator(algorithm="seam")
+    secret = "acme_sHoRt_TheLongTokenOfTheKey"
+    seam = {"hash": seam_hash(secret), "name": "original"}
+    first = migrate(emu, seam)
+    assert first.status_code == 200
+    (original,) = first.json()["data"]["migrated"]
+    # Before any verification, a retry reports the hash as failed.
+    assert migrate(emu, seam).json()["data"] == {"migrated": [], "failed": [seam["hash"]]}
+    assert verify(emu, secret)["keyId"] == original["keyId"]  # the first verification rehashes
+    assert seam["hash"] not in emu.keys
+    # From now on the seam hash exists nowhere: migrating it again is a new key, not a failure.
+    again = migrate(emu, {**seam, "name": "second"})
+    assert again.status_code == 200
+    data = again.json()["data"]
+    assert data["failed"] == []
+    (second,) = data["migrated"]
+    assert second["hash"] == seam["hash"] and second["keyId"] != original["keyId"]
+    assert {h: (k.key_id, k.name) for h, k in emu.keys.items()} == {
+        sha256_base64(secret): (original["keyId"], "original"),
+        seam["hash"]: (second["keyId"], "second"),
+    }
+    # The plaintext still finds the original key, by its native hash, with or without the migration.
+    for migration_id in ("mig_test", None):
+        found = verify(emu, secret, migration_id=migration_id)
+        assert (found["code"], found["keyId"], found["name"]) == ("VALID", original["keyId"], "original")
+    assert emu.keys[seam["hash"]].native_hash is None  # the second key is never reached
+
+
+def test_a_seam_key_found_through_another_migration_is_not_rehashed(
+    make_emulator: Callable[..., UnkeyEmulator],
+) -> None:
+    emu = make_emulator(algorithm="seam")
+    emu.add_migration("mig_seam_other", algorithm="seam")
+    secret = "pre_short_longtoken"
+    key_id = migrate(emu, {"hash": seam_hash(secret)}).json()["data"]["migrated"][0]["keyId"]
+    # Unkey clears a pending migration only when the verification names that migration.
+    assert verify(emu, secret, migration_id="mig_seam_other")["keyId"] == key_id
+    assert emu.keys[seam_hash(secret)].native_hash is None
+    assert verify(emu, secret)["keyId"] == key_id
+    assert list(emu.keys) == [sha256_base64(secret)]
+
+
+def test_verify_with_an_unknown_migration_is_200_not_found(
+    make_emulator: Callable[..., UnkeyEmulator],
+) -> None:
+    emu = make_emulator(algorithm="seam")
+    emu.add_migration("mig_elsewhere", workspace_id="ws_other", algorithm="seam")
+    secret = "pre_short_longtoken"
+    migrate(emu, {"hash": seam_hash(secret)})
+    for migration_id in ("mig_nope", "mig_elsewhere"):
+        r = post(emu, VERIFY, {"key": secret, "migrationId": migration_id})
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"] == "application/json"
+        assert r.json()["data"] == {"valid": False, "code": "NOT_FOUND"}
+        assert r.json()["meta"]["requestId"].startswith("req_")
+    assert emu.keys[seam_hash(secret)].native_hash is None  # nothing was rehashed
+    # Only a key not found by its native hash consults the migration: a native key still verifies.
+    native_id = migrate(emu, key(1)).json()["data"]["migrated"][0]["keyId"]
+    assert verify(emu, plaintext(1), migration_id="mig_nope")["keyId"] == native_id
 
 
 def test_a_disabled_seam_key_is_not_rehashed(make_emulator: Callable[..., UnkeyEmulator]) -> None:
@@ -467,7 +771,7 @@ def test_verify_codes(emu: UnkeyEmulator) -> None:
         key("later", expires=now_ms + 3_600_000),
         key("empty", credits={"remaining": 0}),
         key("one", credits={"remaining": 1}),
-        key("unlimited", credits={"remaining": None}),
+        key("unlimited"),  # unlimited credits are a key without credits
     )
     disabled = verify(emu, plaintext("disabled"))
     assert (disabled["valid"], disabled["code"], disabled["enabled"]) == (False, "DISABLED", False)
@@ -502,11 +806,6 @@ def test_verify_does_not_see_other_workspaces(emu: UnkeyEmulator) -> None:
 def test_verify_errors(make_emulator: Callable[..., UnkeyEmulator]) -> None:
     emu = make_emulator()
     migrate(emu, key(1))
-    assert_error(
-        post(emu, VERIFY, {"key": plaintext(1), "migrationId": "mig_nope"}),
-        404,
-        "unkey/data/migration_not_found",
-    )
     assert_error(post(emu, VERIFY, {"key": ""}), 400, "unkey/application/invalid_input")
     error = assert_error(
         post(emu, VERIFY, {"key": "k", "prefix": "x"}), 400, "unkey/application/invalid_input"
@@ -694,22 +993,25 @@ def test_a_drop_needs_a_commit(emu: UnkeyEmulator) -> None:
 
 def test_set_faults_while_running_from_another_thread(emu: UnkeyEmulator) -> None:
     statuses: list[int] = []
-    switched = threading.Event()
+    reached, switched = threading.Event(), threading.Event()
 
     def client() -> None:
-        with requests.Session() as session:
-            for i in range(30):
-                if i == 10:
-                    switched.wait(5)
-                statuses.append(migrate(emu, key(f"t{i}"), session=session).status_code)
+        try:
+            with requests.Session() as session:
+                for i in range(30):
+                    if i == 10:
+                        reached.set()
+                        switched.wait()
+                    statuses.append(migrate(emu, key(f"t{i}"), session=session).status_code)
+        finally:
+            reached.set()  # a client that failed early must not leave the test waiting
 
     t = threading.Thread(target=client)
     t.start()
-    while len(statuses) < 10:
-        time.sleep(0.001)
+    reached.wait()
     emu.set_faults(error_rate=1.0, error_statuses=(503,))
     switched.set()
-    t.join(10)
+    t.join()
     assert statuses[:10] == [200] * 10 and statuses[10:] == [503] * 20
     assert emu.faults.error_rate == 1.0
 
@@ -776,7 +1078,7 @@ def test_concurrent_disjoint_batches_are_each_stored_once(emu: UnkeyEmulator) ->
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join()
     total = n_threads * n_requests * batch
     assert len(key_ids) == len(set(key_ids)) == total
     assert len(emu.keys) == total
@@ -795,7 +1097,7 @@ def test_concurrent_overlapping_batches_migrate_each_hash_once(emu: UnkeyEmulato
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join()
     migrated = [m["hash"] for r in results for m in r["migrated"]]
     assert sorted(migrated) == sorted(k["hash"] for k in shared)
     assert sum(len(r["failed"]) for r in results) == 5 * len(shared)

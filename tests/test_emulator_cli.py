@@ -16,6 +16,12 @@ import requests
 from airflow_provider_unkey.testing import seam_hash, sha256_base64
 
 ROOT = "unkey_root_cli_secret_7f3a"
+RATE_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
+
+
+def quota(r: requests.Response) -> tuple[str, str, int]:
+    """``(limit, remaining, reset)`` of an answer that carries every RateLimit-* header."""
+    return r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"], int(r.headers["RateLimit-Reset"])
 
 
 def free_port() -> int:
@@ -115,6 +121,9 @@ def test_the_cli_serves_until_sigint(cli_factory: list[Cli]) -> None:
         timeout=10,
     )
     assert verified.json()["data"]["code"] == "VALID"
+    # No --rate-limit: no rate-limit headers.
+    for answer in (r, verified):
+        assert not {name.lower() for name in answer.headers} & {*RATE_HEADERS, "retry-after"}
     assert cli.finish(signal.SIGINT) == 0
     assert ROOT not in cli.output
     assert "1 keys stored" in "".join(cli.stderr)
@@ -153,14 +162,23 @@ def test_the_cli_takes_its_options(cli_factory: list[Cli]) -> None:
     }
     storm = requests.post(f"{url}/v2/keys.migrateKeys", json=body, headers=auth, timeout=10)
     assert storm.status_code == 429 and storm.headers["Retry-After"] == "3"
+    assert quota(storm) == ("2", "0", 3)
     r = requests.post(f"{url}/v2/keys.migrateKeys", json=body, headers=auth, timeout=10)
     assert r.json()["data"]["failed"] == [taken]
     verified = requests.post(
         f"{url}/v2/keys.verifyKey", json={"key": "a_b_c", "migrationId": "mig_cli"}, headers=auth, timeout=10
     )
     assert verified.json()["data"]["code"] == "VALID"  # the migration's algorithm is seam
+    # --rate-limit 2 --rate-limit-window 30: every answer carries the quota, in whole seconds.
+    (limit, remaining, reset), (_, remaining_after, reset_after) = quota(r), quota(verified)
+    assert (limit, remaining, remaining_after) == ("2", "1", "0")
+    assert 1 <= reset_after <= reset <= 30
+    assert "Retry-After" not in r.headers and "Retry-After" not in verified.headers
     limited = requests.post(f"{url}/v2/apis.getApi", json={"apiId": "api_cli"}, headers=auth, timeout=10)
-    assert limited.status_code == 429 and limited.headers["RateLimit-Limit"] == "2"
+    assert limited.status_code == 429
+    limit, remaining, reset = quota(limited)
+    assert (limit, remaining) == ("2", "0") and 1 <= reset <= reset_after
+    assert limited.headers["Retry-After"] == str(reset)
     assert cli.finish() == 0
     assert ROOT not in cli.output
 
@@ -170,6 +188,12 @@ def test_the_cli_rejects_bad_options(cli_factory: list[Cli]) -> None:
     cli_factory.append(cli)
     assert cli.finish(sig=None) == 2
     assert "error_rate" in cli.output and ROOT not in cli.output
+    negative = Cli(
+        "--root-key", ROOT, "--api-id", "api_cli", "--migration-id", "mig_cli", "--rate-limit", "-1"
+    )
+    cli_factory.append(negative)
+    assert negative.finish(sig=None) == 2
+    assert "rate_limit" in negative.output and ROOT not in negative.output
     missing = Cli("--api-id", "api_cli", "--migration-id", "mig_cli")
     cli_factory.append(missing)
     assert missing.finish(sig=None) == 2

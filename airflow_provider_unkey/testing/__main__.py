@@ -51,8 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HASH",
         help="a hash that already exists in another workspace (repeatable)",
     )
-    p.add_argument("--rate-limit", type=int, default=None, help="requests per window per workspace")
-    p.add_argument("--rate-limit-window", type=float, default=60.0, help="seconds (default %(default)s)")
+    p.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="switch the workspace rate limit on: N requests per window, then 429; every answer to an "
+        "authenticated request carries RateLimit-Limit/-Remaining/-Reset (default: no limit)",
+    )
+    p.add_argument(
+        "--rate-limit-window", type=float, default=60.0, help="seconds of the window (default %(default)s)"
+    )
     p.add_argument(
         "--server-timeout",
         type=float,

@@ -64,6 +64,11 @@ ERR_RATE_LIMITED: Final = "user/too_many_requests/workspace_rate_limited"
 ERR_UNEXPECTED: Final = "unkey/application/unexpected_error"
 ERR_UNAVAILABLE: Final = "unkey/application/service_unavailable"
 
+#: The detail of the real server's 500 after a panic (its recovery middleware's words).
+PANIC_DETAIL: Final = "An unexpected error occurred while processing your request."
+
+_NULL_REMAINING: Final = ".credits.remaining"  # where rules.server_violations reports the panic
+
 #: Status recorded for a connection reset by :attr:`Faults.reset_rate`.
 STATUS_RESET: Final = "reset"
 #: Status recorded for a response dropped by :attr:`Faults.drop_after_commit_rate`.
@@ -128,7 +133,8 @@ class Faults:
         without committing anything.
     :param error_statuses: the statuses ``error_rate`` draws from.
     :param rate_limit_storm: the next N requests are answered 429 (counts down as they are served).
-    :param storm_retry_after: ``Retry-After`` seconds sent with a storm's 429s.
+    :param storm_retry_after: ``Retry-After`` (and ``RateLimit-Reset``) seconds of a storm's 429s, which
+        carry every rate-limit header like any 429 (``RateLimit-Limit`` is the configured limit, or 0).
     :param reset_rate: share of requests whose connection is reset (TCP RST) before anything is read.
     :param drop_after_commit_rate: share of successful ``keys.migrateKeys`` requests whose keys are
         committed and whose connection is then closed without any response.
@@ -162,8 +168,9 @@ class Faults:
 class StoredKey:
     """A key in the emulator's store, with every field as the migration request carried it.
 
-    A field the request left out is ``None`` (no field of a key object is nullable in the schema).
-    ``credits_remaining`` and ``native_hash`` are the state later verifications change.
+    A field the request left out is ``None``. ``credits_remaining`` and ``native_hash`` are the state
+    later verifications change: the store holds a key under ``hash`` until a seam-hashed key is
+    rehashed, then under ``native_hash`` only (the seam hash is gone, as in Unkey's database).
     """
 
     hash: str
@@ -182,7 +189,8 @@ class StoredKey:
     ratelimits: list[dict[str, Any]] | None = None
     #: Credits left now (``None`` = unlimited); decremented by valid verifications.
     credits_remaining: int | None = None
-    #: Unkey's native hash, set when a seam-hashed key is rehashed on its first valid verification.
+    #: Unkey's native hash, set when a seam-hashed key is rehashed on its first valid verification
+    #: (which also clears its pending migration: the seam hash then resolves to nothing).
     native_hash: str | None = None
 
     @property
@@ -345,6 +353,23 @@ _RESET: Final = "reset"
 _DROP: Final = "drop"
 
 
+@dataclass(frozen=True, slots=True)
+class _Quota:
+    """A workspace's rate-limit state as one answer reports it."""
+
+    limit: int
+    remaining: int
+    reset: int  # whole seconds until the window frees capacity (not a timestamp)
+    allowed: bool
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(self.remaining)),
+            ("RateLimit-Reset", str(self.reset)),
+        )
+
+
 @dataclass(slots=True)
 class _Reply:
     status: int
@@ -396,6 +421,13 @@ def _hashes_of(body: Any) -> tuple[str, ...]:
     if not isinstance(keys, list):
         return ()
     return tuple(k["hash"] for k in keys if isinstance(k, dict) and isinstance(k.get("hash"), str))
+
+
+def _check_rate_limit(limit: int | None, window: float) -> None:
+    if limit is not None and limit < 0:
+        raise ValueError(f"rate_limit must be >= 0, got {limit!r}")
+    if window <= 0:
+        raise ValueError(f"rate_limit_window must be > 0, got {window!r}")
 
 
 _INVALID_JSON: Final = object()
@@ -532,8 +564,12 @@ class UnkeyEmulator:
     :param host: interface to bind.
     :param port: port to bind; 0 picks a free one (see :attr:`url` after :meth:`start`).
     :param rate_limit: requests per window per workspace (every authenticated API request counts);
-        ``None`` for no limit.
+        ``None`` for no limit. While set, every answer to an authenticated request carries
+        ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``; change it with
+        :meth:`set_rate_limit`.
     :param rate_limit_window: the fixed window of ``rate_limit``, in seconds.
+    :param rate_limit_clock: the rate limiter's clock (monotonic seconds); a test can pass one it
+        advances itself to reach a window's end without waiting for it.
     :param faults: faults to inject from the start; change them later with :meth:`set_faults`.
     :param seed: seed of the random decisions behind :class:`Faults`.
     :param server_timeout: the server's own per-request timeout (408 past it, nothing committed).
@@ -549,15 +585,13 @@ class UnkeyEmulator:
         *,
         rate_limit: int | None = None,
         rate_limit_window: float = 60.0,
+        rate_limit_clock: Callable[[], float] = time.monotonic,
         faults: Faults | None = None,
         seed: int = 0,
         server_timeout: float = rules.SERVER_TIMEOUT_SECONDS,
         freeze_gc: bool = False,
     ) -> None:
-        if rate_limit is not None and rate_limit < 0:
-            raise ValueError("rate_limit must be >= 0")
-        if rate_limit_window <= 0:
-            raise ValueError("rate_limit_window must be > 0")
+        _check_rate_limit(rate_limit, rate_limit_window)
         self.host = host
         self.port = port
         self.rate_limit = rate_limit
@@ -570,14 +604,16 @@ class UnkeyEmulator:
         self._root_keys: dict[str, _RootKey] = {}
         self._apis: dict[str, _Api] = {}
         self._migrations: dict[str, _Migration] = {}
-        self._keys: dict[str, StoredKey] = {}  # by the hash it was migrated with
-        self._index: dict[str, StoredKey] = {}  # every hash a key can be found by (incl. rehashes)
+        # The hash index: the one hash each key is stored under now (as migrated, or its native hash
+        # once a seam key was rehashed). Unique across workspaces, like Unkey's hash column.
+        self._keys: dict[str, StoredKey] = {}
         self._identities: dict[tuple[str, str], str] = {}
         # Faults and their one seeded RNG.
         self._fault_lock = threading.Lock()
         self._faults = dataclasses.replace(faults) if faults is not None else Faults()
         self._rng = random.Random(seed)
         # Rate-limit windows: workspace -> [window start, count].
+        self._rate_limit_clock = rate_limit_clock
         self._window_lock = threading.Lock()
         self._windows: dict[str, list[float]] = {}
         # The log.
@@ -646,10 +682,9 @@ class UnkeyEmulator:
         """
         key = StoredKey(hash, _random_id("key_"), workspace_id, None, None)
         with self._lock:
-            if hash in self._index:
+            if hash in self._keys:
                 raise ValueError(f"a key with hash {hash!r} already exists")
             self._keys[hash] = key
-            self._index[hash] = key
         return key
 
     # --- life cycle -----------------------------------------------------------------------------------
@@ -734,10 +769,29 @@ class UnkeyEmulator:
             self._faults = dataclasses.replace(self._faults, **fields)
             return dataclasses.replace(self._faults)
 
+    # --- rate limit -----------------------------------------------------------------------------------
+    def set_rate_limit(self, limit: int | None, window: float | None = None) -> None:
+        """Switch the workspace rate limit on (``limit`` requests per ``window`` s) or off (``None``).
+
+        Thread-safe, while running too; every workspace starts a fresh window.
+
+        :param window: seconds; ``None`` keeps the current window.
+        :raises ValueError: for a negative limit or a window that is not positive.
+        """
+        window = self.rate_limit_window if window is None else window
+        _check_rate_limit(limit, window)
+        with self._window_lock:
+            self.rate_limit, self.rate_limit_window = limit, window
+            self._windows.clear()
+
     # --- inspection -----------------------------------------------------------------------------------
     @property
     def keys(self) -> dict[str, StoredKey]:
-        """A snapshot of the store: hash (as migrated or seeded) -> stored key."""
+        """A snapshot of the store's hash index: the hash each key is stored under -> the key.
+
+        That is the hash it was migrated (or seeded) with, or, for a seam-hashed key rehashed by its
+        first valid verification, its native hash (:attr:`StoredKey.native_hash`) instead.
+        """
         with self._lock:
             return dict(self._keys)
 
@@ -886,33 +940,35 @@ class UnkeyEmulator:
                 return self._timeout(req, fault)
             time.sleep(delay)
         if draw.storm_retry_after is not None:
-            return self._error(
+            return self._too_many_requests(
                 req,
-                429,
                 "Too many requests: the workspace is being rate limited.",
-                ERR_RATE_LIMITED,
-                headers=(("Retry-After", str(draw.storm_retry_after)),),
+                self._exhausted(draw.storm_retry_after),
                 fault="rate_limit_storm",
             )
+        if draw.error_status == 429:
+            return self._too_many_requests(req, "Injected fault.", self._exhausted(1), fault="error")
         if draw.error_status is not None:
             error_status = draw.error_status
-            headers = (("Retry-After", "1"),) if error_status == 429 else ()
             return self._error(
-                req,
-                error_status,
-                "Injected fault.",
-                self._error_type(error_status),
-                headers=headers,
-                fault="error",
+                req, error_status, "Injected fault.", self._error_type(error_status), fault="error"
             )
 
         root = self._authenticate(req)
         if isinstance(root, _Reply):
             return root
-        limited = self._rate_limited(req, root.workspace_id)
-        if limited is not None:
-            return limited
+        quota = self._count_request(root.workspace_id)
+        if quota is not None and not quota.allowed:
+            return self._too_many_requests(
+                req,
+                f"The workspace exceeded its rate limit of {quota.limit} requests per "
+                f"{self.rate_limit_window:g} s.",
+                quota,
+            )
         reply = route(req, body, root)
+        if quota is not None:
+            # A limited workspace sees its quota on every answer, whatever the status.
+            reply.headers += quota.headers()
         if reply.fault is None:
             reply.fault = fault
         return reply
@@ -996,34 +1052,38 @@ class UnkeyEmulator:
             return self._error(req, 401, "The provided root key was not found.", ERR_KEY_NOT_FOUND)
         return root
 
-    def _rate_limited(self, req: _Request, workspace_id: str) -> _Reply | None:
-        limit = self.rate_limit
-        if limit is None:
+    def _count_request(self, workspace_id: str) -> _Quota | None:
+        """Count one request against its workspace's window; ``None`` while no limit is set.
+
+        A refused request does not count: the window frees capacity at its end either way.
+        """
+        if self.rate_limit is None:
             return None
-        now = time.monotonic()
-        window = self.rate_limit_window
         with self._window_lock:
+            limit, window = self.rate_limit, self.rate_limit_window
+            if limit is None:
+                return None
+            now = self._rate_limit_clock()
             current = self._windows.get(workspace_id)
-            if current is None or now >= current[0] + window:
-                current = [now, 0.0]
-                self._windows[workspace_id] = current
-            current[1] += 1
-            count, reset_at = int(current[1]), current[0] + window
-        if count <= limit:
-            return None
-        seconds = str(max(1, math.ceil(reset_at - now)))
-        return self._error(
-            req,
-            429,
-            f"The workspace exceeded its rate limit of {limit} requests per {window:g} s.",
-            ERR_RATE_LIMITED,
-            headers=(
-                ("RateLimit-Limit", str(limit)),
-                ("RateLimit-Remaining", "0"),
-                ("RateLimit-Reset", seconds),
-                ("Retry-After", seconds),
-            ),
-        )
+            # Elapsed time, not the window's end: ``start + window - now`` can round above the window.
+            if current is None or now - current[0] >= window:
+                current = self._windows[workspace_id] = [now, 0.0]
+            allowed = current[1] < limit
+            if allowed:
+                current[1] += 1
+            used, left = int(current[1]), window - (now - current[0])
+        return _Quota(limit, limit - used, max(1, math.ceil(left)), allowed)
+
+    def _exhausted(self, reset: int) -> _Quota:
+        """The quota a 429 fault reports: none left, capacity back in ``reset`` seconds."""
+        limit = self.rate_limit
+        return _Quota(0 if limit is None else limit, 0, reset, allowed=False)
+
+    def _too_many_requests(
+        self, req: _Request, detail: str, quota: _Quota, fault: str | None = None
+    ) -> _Reply:
+        headers = (*quota.headers(), ("Retry-After", str(quota.reset)))
+        return self._error(req, 429, detail, ERR_RATE_LIMITED, headers=headers, fault=fault)
 
     # --- routes ---------------------------------------------------------------------------------------
     def _invalid_json(self, req: _Request) -> _Reply:
@@ -1063,11 +1123,17 @@ class UnkeyEmulator:
             return self._error(
                 req, 404, f"The migration {migration_id!r} does not exist.", ERR_MIGRATION_NOT_FOUND
             )
+        # Every 400 wins over every 500: the server checks each key before it builds any row.
         server = rules.server_violations(body)
+        bad = [v for v in server if v.status == 400]
+        if bad:
+            return self._bad_request(req, "The request cannot be processed.", bad)
+        if any(v.location.endswith(_NULL_REMAINING) for v in server):
+            # "credits": {"remaining": null} (the rules' only 500 there): the handler dereferences it
+            # while building the rows, before any insert, panics, and the recovery middleware answers
+            # 500. Nothing of the request is committed.
+            return self._error(req, 500, PANIC_DETAIL, ERR_UNEXPECTED)
         if server:
-            bad = [v for v in server if v.status == 400]
-            if bad:
-                return self._bad_request(req, "The request cannot be processed.", bad)
             # The real server fails the insert and rolls the whole transaction back.
             first = server[0]
             return self._error(
@@ -1086,10 +1152,10 @@ class UnkeyEmulator:
             # The transaction: a request past the server timeout commits nothing.
             if time.monotonic() - req.started > self.server_timeout:
                 return self._timeout(req, None)
-            index, store = self._index, self._keys
+            store = self._keys
             for key, key_id in zip(keys, key_ids, strict=True):
                 h = key["hash"]
-                if h in index:
+                if h in store:
                     failed.append(h)
                     continue
                 get = key.get
@@ -1111,7 +1177,6 @@ class UnkeyEmulator:
                     get("ratelimits"),
                     credits["remaining"] if credits is not None else None,
                 )
-                index[h] = stored
                 store[h] = stored
                 migrated.append({"hash": h, "keyId": key_id})
         if migrated and self.freeze_gc:
@@ -1142,23 +1207,27 @@ class UnkeyEmulator:
             )
         plaintext: str = body["key"]
         migration_id: str | None = body.get("migrationId")
-        algorithm = rules.ALGORITHM_SHA256
-        if migration_id is not None:
-            migration = self._migrations.get(migration_id)
-            if migration is None or migration.workspace_id != root.workspace_id:
-                return self._error(
-                    req, 404, f"The migration {migration_id!r} does not exist.", ERR_MIGRATION_NOT_FOUND
-                )
-            algorithm = migration.algorithm
         cost = body["credits"]["cost"] if "credits" in body else 1
         native = sha256_base64(plaintext)
         with self._lock:
-            stored = self._index.get(native)
-            via_seam = False
-            if stored is None and algorithm == rules.ALGORITHM_SEAM:
-                hex_hash = seam_hash(plaintext)
-                stored = self._index.get(hex_hash) or self._index.get(hex_hash.upper())
-                via_seam = stored is not None
+            store = self._keys
+            stored = store.get(native)
+            seam_key: str | None = None  # the seam hash the key was found under
+            if stored is None and migration_id is not None:
+                # Only a key not found by its native hash consults the migration. An unknown migration
+                # (or another workspace's) is no error: the key is simply not found.
+                migration = self._migrations.get(migration_id)
+                if (
+                    migration is not None
+                    and migration.workspace_id == root.workspace_id
+                    and migration.algorithm == rules.ALGORITHM_SEAM
+                ):
+                    hex_hash = seam_hash(plaintext)
+                    for candidate in (hex_hash, hex_hash.upper()):
+                        stored = store.get(candidate)
+                        if stored is not None:
+                            seam_key = candidate
+                            break
             if stored is None or stored.workspace_id != root.workspace_id:
                 return self._ok(req, {"valid": False, "code": "NOT_FOUND"})
             if not root.may("verify_key", stored.api_id):
@@ -1179,11 +1248,13 @@ class UnkeyEmulator:
                 code = "VALID"
                 if remaining is not None:
                     stored.credits_remaining = remaining = remaining - cost
-                if via_seam and stored.native_hash is None:
-                    # Unkey rehashes a seam key to its native hash on the first valid verification;
-                    # the old hash keeps resolving too.
+                if seam_key is not None and stored.migration_id == migration_id:
+                    # Unkey replaces the seam hash with its own hash of the whole key and clears the
+                    # key's pending migration: from now on the seam hash exists nowhere, and migrating
+                    # it again creates a second key.
+                    del store[seam_key]
                     stored.native_hash = native
-                    self._index.setdefault(native, stored)
+                    store[native] = stored
             identity = None
             if stored.externalId is not None:
                 ident_key = (stored.workspace_id, stored.externalId)
