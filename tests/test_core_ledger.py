@@ -99,6 +99,11 @@ def migrate(
     return summary
 
 
+def crashed_try(ledger_dir: Path, scope: LedgerScope) -> None:
+    """What a try killed with SIGKILL leaves: its attempt marker, and no close()."""
+    LedgerWriter(ledger_dir, scope, migration_id=MIGRATION, api_id=API, flush_interval=3600)
+
+
 def check(summary: MigrationSummary) -> None:
     migrated = pq.read_table(summary.outputs["migrated"])
     failed = pq.read_table(summary.outputs["failed"])
@@ -128,8 +133,10 @@ def test_segments_read_as_one_dataset_and_compact_into_one_file(tmp_path: Path) 
     ledger.record_failed([None], [3], Reason.INVALID, Stage.VALIDATE, ["hash: missing"], None)
     assert ledger.flush() == 2
     assert ledger.flush() == 0  # nothing new: no empty segment
-    files = sorted(p.name for p in (tmp_path / "ledger").iterdir())
-    assert len(files) == 2 and all(f.startswith("seg-") and f.endswith(".parquet") for f in files)
+    files = sorted(p.name for p in (tmp_path / "ledger").glob("*.parquet"))
+    assert len(files) == 2 and all(f.startswith("seg-") for f in files)
+    # While the try runs, its marker stands beside the segments (hidden from dataset readers).
+    assert len(list((tmp_path / "ledger").glob("_attempt-*.json"))) == 1
     # Any reader of Parquet datasets sees one table with the documented columns.
     table = ds.dataset(tmp_path / "ledger", format="parquet").to_table()
     assert table.schema.names == LEDGER_SCHEMA.names and table.num_rows == 4
@@ -143,7 +150,7 @@ def test_segments_read_as_one_dataset_and_compact_into_one_file(tmp_path: Path) 
     assert all(r["recorded_at"] is not None and r["migration_id"] == MIGRATION for r in rows.values())
     ledger.close()
     files = [p.name for p in (tmp_path / "ledger").iterdir()]
-    assert len(files) == 1 and not files[0].startswith("seg-")
+    assert len(files) == 1 and not files[0].startswith("seg-")  # compacted, and the marker is gone
     assert read_ledger(tmp_path / "ledger").num_rows == 4
 
 
@@ -209,7 +216,7 @@ def test_index_tells_this_task_instances_records_from_other_runs(tmp_path: Path)
     earlier.record_migrated([b64(1)], ["key_1"], [0], "req_1")
     earlier.record_failed([b64(2)], [1], Reason.UNCONFIRMED, Stage.SEND, ["lost"], "req_2")
     earlier.record_failed([b64(3)], [2], Reason.GAVE_UP, Stage.SEND, ["503"], "req_3")  # may not exist
-    earlier.close()
+    earlier.flush()  # and then the process died: no close(), the attempt marker stays
     other = LedgerWriter(tmp_path, LedgerScope("dag", "run_0", "migrate"), migration_id=MIGRATION, api_id=API)
     other.record_failed([b64(4)], [0], Reason.ALREADY_EXISTS, Stage.SEND, ["exists"], "req_4")
     other.record_failed([b64(5)], [1], Reason.REJECTED_BY_API, Stage.SEND, ["400"], "req_5")
@@ -273,6 +280,7 @@ def test_a_retry_resumes_and_its_outputs_equal_an_uninterrupted_run(
     # Try 1 got through the first 120 rows and recorded them, then died. Then rows 120..140 were in
     # flight: Unkey created their keys, but try 1 never recorded it.
     migrate(table.slice(0, 120), client, tmp_path / "try1", tmp_path / "ledger", TRY1)
+    crashed_try(tmp_path / "ledger", TRY1)
     in_flight = keys(120, 140)
     migrate(in_flight, client, tmp_path / "lost", tmp_path / "lost-ledger", TRY1)
     emu.reset_log()
@@ -318,17 +326,30 @@ def test_a_retry_resumes_and_its_outputs_equal_an_uninterrupted_run(
 def test_a_retry_without_records_still_reports_unconfirmed(
     emu: UnkeyEmulator, client: UnkeyClient, tmp_path: Path
 ) -> None:
-    # Try 1 created keys but died before its first segment: the ledger is empty, the try number says.
+    # Try 1 created keys but died before its first segment: the ledger has only its attempt marker.
     migrate(keys(0, 10), client, tmp_path / "lost", tmp_path / "elsewhere", TRY1)
-    known = KnownHashes.load(
-        tmp_path / "ledger", LedgerScope("dag", "run_1", "migrate", -1, 2), "sha256_base64"
-    )
-    assert known.resumed_try is None
-    known.resumed_try = 1  # what the operator does for a try number above 1
+    retry = LedgerScope("dag", "run_1", "migrate", -1, 2)
+    assert KnownHashes.load(tmp_path / "ledger", retry, "sha256_base64").resumed_try is None
+    crashed_try(tmp_path / "ledger", TRY1)
+    known = KnownHashes.load(tmp_path / "ledger", retry, "sha256_base64")
+    assert known.resumed_try == 1 and len(known) == 0
     summary = run_migration(
         batches(keys(0, 10)), client, MIGRATION, API, tmp_path / "out", known=known, retry=FAST
     )
     assert summary.failed_by_reason == {"unconfirmed": 10}
+
+
+def test_a_try_that_recorded_everything_leaves_nothing_in_doubt(
+    emu: UnkeyEmulator, client: UnkeyClient, tmp_path: Path
+) -> None:
+    # Try 1 failed after recording every outcome (say, its source broke): its retry reports its
+    # outcomes again, and a hash Unkey already had is already_exists, not unconfirmed.
+    migrate(keys(0, 10), client, tmp_path / "try1", tmp_path / "ledger", TRY1)
+    emu.add_existing_hash(b64(10))
+    retry = LedgerScope("dag", "run_1", "migrate", -1, 2)
+    again = migrate(keys(0, 11), client, tmp_path / "try2", tmp_path / "ledger", retry)
+    assert (again.resumed, again.migrated) == (10, 10)
+    assert again.failed_by_reason == {"already_exists": 1}
 
 
 def test_other_runs_keys_are_skipped_and_only_new_rows_are_sent(

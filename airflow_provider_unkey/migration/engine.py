@@ -658,9 +658,7 @@ def run_migration(
     control = control or RunControl()
     control.ledger = ledger
     abort = control.stop_event
-    resumed_try = None
-    if known is not None and (known.resumed_try is not None or known.mine_count):
-        resumed_try = known.resumed_try
+    resumed_try = known.resumed_try if known is not None else None
     skip_detail = "a key with this hash exists in Unkey: the ledger holds an earlier run's outcome for it"
 
     def read() -> Iterator[pa.RecordBatch]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -178,6 +179,32 @@ class _Storage:
             self.filesystem.pipe_file(target, sink.getvalue())
         return target
 
+    def put_bytes(self, name: str, data: bytes) -> None:
+        """Write a small file whole (atomically, fsynced on a local disk)."""
+        if not self.local:
+            self.filesystem.pipe_file(self.path(name), data)
+            return
+        tmp = Path(self.root) / f"_{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path(name))
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(Path(self.root))
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """A small file's content, or ``None`` when it does not exist."""
+        try:
+            if self.local:
+                return Path(self.path(name)).read_bytes()
+            data: bytes = self.filesystem.cat_file(self.path(name))
+            return data
+        except FileNotFoundError:
+            return None
+
     def list(self, prefix: str) -> list[str]:
         """Names of the files in the ledger directory that start with ``prefix``."""
         if self.local:
@@ -206,6 +233,11 @@ class _Storage:
         return pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem))
 
 
+def _attempt_marker(scope: LedgerScope) -> str:
+    """The file that says a try of this task instance is under way (``_``: no dataset reader sees it)."""
+    return f"_attempt-{scope.task_instance_key}.json"
+
+
 def _utc_stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -218,6 +250,11 @@ class LedgerWriter:
 
     A background thread writes what was recorded every ``flush_interval`` seconds as a new segment;
     :meth:`close` writes the rest and compacts the task instance's segments into one file.
+
+    While a try runs, a small marker file ``_attempt-<task instance>.json`` stands in the directory;
+    :meth:`close` removes it once every outcome is written. A marker left behind means the try died
+    (SIGKILL, OOM, a lost node) with requests in flight, which tells the next try to report the keys
+    Unkey says exist, and the ledger does not know, as ``unconfirmed``.
 
     :param root: the ledger directory: a local path, or a path on ``filesystem``.
     :param scope: the task instance and try that record.
@@ -236,7 +273,7 @@ class LedgerWriter:
         migration_id: str,
         api_id: str,
         filesystem: Any | None = None,
-        flush_interval: float = 2.0,
+        flush_interval: float = 1.0,
         max_buffer_rows: int = 100_000,
     ) -> None:
         if flush_interval <= 0:
@@ -259,6 +296,15 @@ class LedgerWriter:
         self._stop = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
+        marker = {
+            "dag_id": scope.dag_id,
+            "run_id": scope.run_id,
+            "task_id": scope.task_id,
+            "map_index": scope.map_index,
+            "try_number": scope.try_number,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self.storage.put_bytes(_attempt_marker(scope), json.dumps(marker).encode())
         self._thread = threading.Thread(target=self._loop, name="unkey-ledger", daemon=True)
         self._thread.start()
 
@@ -380,6 +426,8 @@ class LedgerWriter:
                 f"the last outcomes could not be written to the ledger {self.root}: {exc}"
             ) from exc
         self._closed = True
+        # Every outcome is written: this try left nothing in doubt.
+        self.storage.delete([_attempt_marker(self.scope)])
         if compact:
             try:
                 self.compact()
@@ -447,7 +495,8 @@ class KnownHashes:
         self._mine = mine
         self._others = others
         self.records = records
-        #: The latest earlier try of this task instance found in the ledger (``None``: no resume).
+        #: An earlier try of this task instance that died before recording every outcome (``None``:
+        #: none did), from the marker it left.
         self.resumed_try = resumed_try
 
     @property
@@ -506,6 +555,8 @@ class KnownHashes:
         storage = _Storage(root, filesystem, create=False)
         if not storage.exists():
             return cls.empty()
+        marker = storage.read_bytes(_attempt_marker(scope))
+        resumed = int(json.loads(marker)["try_number"]) if marker is not None else None
         dataset = storage.dataset()
         exists_filter = pc.field("reason").is_null() | pc.field("reason").isin(list(EXISTS_IN_UNKEY))
         columns = ["hash", "key_id", "reason", "detail", "request_id", "dag_id", "run_id", "task_id"]
@@ -513,7 +564,6 @@ class KnownHashes:
         mine_parts: list[tuple[np.ndarray, np.ndarray]] = []
         other_parts: list[tuple[np.ndarray, np.ndarray]] = []
         record_parts: list[pa.RecordBatch] = []
-        resumed: int | None = None
         try:
             scanner = dataset.scanner(
                 columns=columns, filter=exists_filter, batch_size=batch_rows, use_threads=False
@@ -545,9 +595,6 @@ class KnownHashes:
                             [mine_batch.column(c) for c in _RECORDS_SCHEMA.names], schema=_RECORDS_SCHEMA
                         )
                     )
-                    latest = pc.max(mine_batch.column("try_number")).as_py()
-                    if latest is not None:
-                        resumed = max(resumed or 0, int(latest))
                 other = ~same_np
                 if other.any():
                     other_parts.append((prefixes[other], seconds[other]))

@@ -147,7 +147,7 @@ class MigrateKeysOperator(BaseOperator):
         output_path: str | None = None,
         ledger_path: str | None = None,
         list_skipped: bool = False,
-        ledger_flush_interval: float = 2.0,
+        ledger_flush_interval: float = 1.0,
         on_kill_timeout: float = 30.0,
         output_conn_id: str | None = None,
         output_table_prefix: str | None = None,
@@ -316,8 +316,6 @@ class MigrateKeysOperator(BaseOperator):
         ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
         ledger_root, ledger_fs = io.ledger_location(ledger_path)
         known = KnownHashes.load(ledger_root, scope, wire_format(self.algorithm), filesystem=ledger_fs)
-        if known.resumed_try is None and scope.try_number > 1:
-            known.resumed_try = scope.try_number - 1  # that try may have died before its first segment
         ledger = None
         if not self.send_nothing:
             ledger = LedgerWriter(
