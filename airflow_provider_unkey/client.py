@@ -7,10 +7,12 @@ Airflow connection; the migration engine, the benchmarks and plain scripts use i
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import ipaddress
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -200,30 +202,48 @@ def normalise_base_url(base_url: str | None, *, allow_insecure_http: bool = Fals
     return url
 
 
+def _finite(text: str) -> float | None:
+    """The number in a header value, or ``None`` when there is none (``nan`` and ``inf`` are none)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit-Reset``."""
-    value = headers.get("Retry-After")
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit-Reset``.
+
+    A ``Retry-After`` that is neither a number nor a date is ignored, and ``RateLimit-Reset`` decides;
+    without either, ``None`` leaves the wait to the exponential backoff. Past dates and negative numbers
+    wait 0 s.
+
+    :param headers: the response's headers (case-insensitive for a :class:`requests.Response`).
+    :param now: the current Unix time, for a date or an absolute reset time.
+    """
+    value = (headers.get("Retry-After") or "").strip()
     if value:
-        value = value.strip()
+        seconds = _finite(value)
+        if seconds is not None:
+            return max(0.0, seconds)
         try:
-            return max(0.0, float(value))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - now)
-    reset = headers.get("RateLimit-Reset")
-    if reset:
-        try:
-            number = float(reset.strip())
-        except ValueError:
-            return None
-        # Seconds until reset (the IETF draft), or an absolute Unix time in seconds or milliseconds.
-        if number > 1e12:
-            return max(0.0, number / 1000.0 - now)
-        if number > 1e9:
-            return max(0.0, number - now)
-        return max(0.0, number)
-    return None
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):  # not a date either
+            parsed = None
+        if parsed is not None:
+            # An HTTP date is always GMT; the obsolete asctime form names no zone.
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            return max(0.0, parsed.timestamp() - now)
+    number = _finite((headers.get("RateLimit-Reset") or "").strip())
+    if number is None:
+        return None
+    # Seconds until reset (the IETF draft), or an absolute Unix time in seconds or milliseconds.
+    if number > 1e12:
+        return max(0.0, number / 1000.0 - now)
+    if number > 1e9:
+        return max(0.0, number - now)
+    return max(0.0, number)
 
 
 class UnkeyClient:
@@ -311,6 +331,9 @@ class UnkeyClient:
     def _redact(self, text: str) -> str:
         return text.replace(self._root_key, "***") if self._root_key in text else text
 
+    def _redact_optional(self, value: Any) -> str | None:
+        return None if value is None else self._redact(str(value))
+
     def _raise_for_error(self, response: requests.Response) -> None:
         try:
             payload = response.json()
@@ -323,13 +346,14 @@ class UnkeyClient:
             FieldError(
                 location=self._redact(str(e.get("location", ""))),
                 message=self._redact(str(e.get("message", ""))),
-                fix=self._redact(str(e["fix"])) if e.get("fix") is not None else None,
+                fix=self._redact_optional(e.get("fix")),
             )
             for e in error.get("errors") or ()
             if isinstance(e, dict)
         )
         headers = response.headers
-        rate_limit = {k: v for k, v in headers.items() if k.lower().startswith("ratelimit-")}
+        # A server may echo the root key anywhere: every text kept from the answer is redacted.
+        rate_limit = {k: self._redact(v) for k, v in headers.items() if k.lower().startswith("ratelimit-")}
         retry_after = None
         if response.status_code in (408, 429, 503):
             retry_after = _parse_retry_after(headers, time.time())
@@ -337,8 +361,8 @@ class UnkeyClient:
             response.status_code,
             title=self._redact(str(error.get("title") or response.reason or "")),
             detail=self._redact(str(error.get("detail", "")) if error else response.text[:500]),
-            error_type=error.get("type"),
-            request_id=(meta or {}).get("requestId") if isinstance(meta, dict) else None,
+            error_type=self._redact_optional(error.get("type")),
+            request_id=self._redact_optional(meta.get("requestId") if isinstance(meta, dict) else None),
             errors=errors,
             retry_after=retry_after,
             rate_limit=rate_limit,
