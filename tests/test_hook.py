@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_unkey import rules
 from airflow_provider_unkey.client import RetryPolicy, UnkeyClient, normalise_base_url
 from airflow_provider_unkey.exceptions import (
     UnkeyAPIError,
@@ -30,6 +31,7 @@ from airflow_provider_unkey.exceptions import (
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.testing import UnkeyEmulator
 from tests.spec import assert_valid_request
+from tests.test_client_retry import install_fake_clock
 
 ROOT_KEY = "unkey_root_test"
 API_ID = "api_test"
@@ -223,6 +225,51 @@ def test_body_over_10_mib_is_refused_before_sending(emulator: UnkeyEmulator, cli
     assert emulator.requests == []
 
 
+# --- the contract's numbers (BEHAVIOUR.md), as literals ------------------------------------------------
+TEN_MIB = 10 * 1024 * 1024
+
+
+def test_contract_limits_are_pinned() -> None:
+    # "the real limits are a 10 MiB request body (413 above it) and a 60 s server timeout (408)"
+    assert TEN_MIB == 10_485_760
+    assert rules.MAX_BODY_BYTES == TEN_MIB
+    assert rules.SERVER_TIMEOUT_SECONDS == 60
+    assert UnkeyEmulator().server_timeout == 60
+    # The client's read timeout outlasts the server's, so that the server's 408 arrives first.
+    timeout = UnkeyClient(ROOT_KEY).timeout
+    assert isinstance(timeout, tuple) and timeout[1] > 60
+
+
+def _body_of_size(size: int) -> bytes:
+    """A valid ``migrateKeys`` body of exactly ``size`` bytes: one key, padded in its ``meta``."""
+    empty = UnkeyClient.migrate_keys_body(
+        MIGRATION_ID, API_ID, [{"hash": sha256_b64("sk_big"), "meta": {"p": ""}}]
+    )
+    body = UnkeyClient.migrate_keys_body(
+        MIGRATION_ID, API_ID, [{"hash": sha256_b64("sk_big"), "meta": {"p": "x" * (size - len(empty))}}]
+    )
+    assert len(body) == size
+    return body
+
+
+def test_a_body_of_exactly_10_mib_is_sent_and_one_byte_more_is_not(
+    emulator: UnkeyEmulator, client: UnkeyClient
+) -> None:
+    with pytest.raises(UnkeyPayloadTooLargeError, match="not sent"):
+        client.migrate_keys(MIGRATION_ID, API_ID, _body_of_size(TEN_MIB + 1))
+    assert emulator.requests == []
+    result = client.migrate_keys(MIGRATION_ID, API_ID, _body_of_size(TEN_MIB))
+    assert [h for h, _ in result.migrated] == [sha256_b64("sk_big")]
+    # The emulator draws the line at the same byte.
+    answer = requests.post(
+        emulator.url + "/v2/keys.migrateKeys",
+        data=b" " * (TEN_MIB + 1),
+        headers={"Authorization": f"Bearer {ROOT_KEY}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert answer.status_code == 413
+
+
 # --- errors are typed and never retried when they cannot change -----------------------------------
 def test_bad_request_is_typed_with_field_errors(emulator: UnkeyEmulator, client: UnkeyClient) -> None:
     with pytest.raises(UnkeyBadRequestError) as info:
@@ -367,29 +414,43 @@ def test_workspace_rate_limit_headers_reach_the_error() -> None:
     }
 
 
-def test_retry_after_longer_than_policy_allows_is_raised_at_once() -> None:
+def test_retry_after_longer_than_policy_allows_is_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = install_fake_clock(monkeypatch)
     emu = UnkeyEmulator.quick(
         root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30
     )
     with emu:
         client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=5, max_retry_after=2))
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_a"))
-        started = time.monotonic()
-        with pytest.raises(UnkeyRateLimitError):
+        with pytest.raises(UnkeyRateLimitError) as info:
             client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_b"))
-        assert time.monotonic() - started < 10  # not the 30 s the server asked for
         assert len(emu.requests) == 2
+    # The server asked for up to 30 s: more than the policy's 2 s, so the error comes at once.
+    assert info.value.retry_after is not None and info.value.retry_after > 2
+    assert info.value.attempts == 1
+    assert clock.sleeps == [], "not the 30 s the server asked for, nor any other wait"
 
 
-def test_retry_budget_bounds_total_time(emulator: UnkeyEmulator) -> None:
+def test_retry_budget_bounds_total_time(monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator) -> None:
+    clock = install_fake_clock(monkeypatch)
     emulator.set_faults(error_rate=1.0, error_statuses=(503,))
     policy = RetryPolicy(max_attempts=100, max_elapsed=0.5, initial_wait=0.2, max_wait=0.2, jitter=0.0)
-    client = UnkeyClient(ROOT_KEY, emulator.url, retry=policy)
-    started = time.monotonic()
-    with pytest.raises(UnkeyServerError):
+    retries: list[tuple[int, float]] = []
+    client = UnkeyClient(
+        ROOT_KEY,
+        emulator.url,
+        retry=policy,
+        on_retry=lambda attempt, exc, wait: retries.append((attempt, wait)),
+    )
+    with pytest.raises(UnkeyServerError) as info:
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_budget"))
-    assert time.monotonic() - started < 5  # bounded by the budget, not by 100 attempts
-    assert 2 <= len(emulator.requests) <= 4
+    # Bounded by the 0.5 s budget, not by the 100 attempts: after 0.2 s and 0.2 s, a third wait of
+    # 0.2 s would end past the budget and is not begun.
+    assert clock.sleeps == [0.2, 0.2]
+    assert retries == [(1, 0.2), (2, 0.2)]
+    assert sum(clock.sleeps) <= policy.max_elapsed
+    assert info.value.attempts == 3
+    assert [r.status for r in emulator.requests] == [503, 503, 503]
 
 
 def test_errors_survive_pickling(emulator: UnkeyEmulator, client: UnkeyClient) -> None:

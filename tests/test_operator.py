@@ -11,6 +11,9 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -469,28 +472,70 @@ def test_sql_from_a_templated_sql_file(
 def test_a_source_failing_midway_keeps_the_key_ids_already_created(
     airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+    from tests.dags.unkey_operator_test_dags import COMMON
+
+    chunk = 10_000  # SqlSource's rows per fetch
+    batch_size = int(COMMON["batch_size"])
+    # Row 2 repeats row 1: the first chunk holds chunk - 1 distinct keys, so that full batches leave a
+    # tail of keys behind in the batcher when the source fails.
+    hashes = [b64(f"sk_mid_{i}") for i in range(12_000)]
+    hashes[1] = hashes[0]
+    sendable = (chunk - 1) // batch_size * batch_size
+    tail = chunk - 1 - sendable
+    assert tail > 0
     legacy_sqlite(
         tmp_path,
         monkeypatch,
         "CREATE TABLE api_keys (id INTEGER PRIMARY KEY, key_hash TEXT)",
         "INSERT INTO api_keys (key_hash) VALUES (?)",
-        [(b64(f"sk_mid_{i}"),) for i in range(12_000)],
+        [(h,) for h in hashes],
     )
-    # SQLite raises "integer overflow" when it reaches row 11,000: after the first chunk was migrated.
+
+    # The source fails in its second fetch, and only once every full batch of the first chunk has
+    # reached Unkey: an event, not a race between the reader and the senders.
+    gate_opened = threading.Event()
+
+    def fail_once_the_first_chunk_is_in() -> int:
+        # Polls the emulator's store; the bound only turns a hang into a failure (gate_opened unset).
+        for _ in range(12_000):
+            if len(emulator.keys) >= sendable:
+                gate_opened.set()
+                break
+            time.sleep(0.01)
+        raise RuntimeError("the legacy database went away")
+
+    real_get_conn = SqliteHook.get_conn
+
+    def get_conn(self: SqliteHook) -> sqlite3.Connection:
+        conn = real_get_conn(self)
+        conn.create_function("fail_once_the_first_chunk_is_in", 0, fail_once_the_first_chunk_is_in)
+        return conn
+
+    monkeypatch.setattr(SqliteHook, "get_conn", get_conn)
     sql = (
         'SELECT key_hash AS "hash" FROM api_keys '
-        "WHERE CASE WHEN id > 11000 THEN abs(-9223372036854775808) ELSE 1 END ORDER BY id"
+        "WHERE CASE WHEN id > 11000 THEN fail_once_the_first_chunk_is_in() ELSE 1 END ORDER BY id"
     )
     state, _report, output = run_dag("unkey_t_sqlite", tmp_path, sql)
+    assert gate_opened.is_set()
     assert state == "failed"
-    assert len(emulator.keys) >= 9_000  # most of the first chunk reached Unkey before the error
+    # Every full batch of the first chunk reached Unkey, and the outputs have the keyId of each.
+    assert len(emulator.keys) == sendable
     migrated = pq.read_table(output / "migrated.parquet").to_pylist()
     assert {m["hash"]: m["key_id"] for m in migrated} == {h: k.key_id for h, k in emulator.keys.items()}
     # Every row read before the error has its outcome: the first chunk of 10,000.
     failed = pq.read_table(output / "failed.parquet").to_pylist()
-    assert len(migrated) + len(failed) == 10_000
-    assert {f["reason"] for f in failed} <= {"not_sent"}
-    assert all("reading the source failed" in f["detail"] for f in failed)
+    assert len(migrated) + len(failed) == chunk
+    assert sorted([m["source_row"] for m in migrated] + [f["source_row"] for f in failed]) == list(
+        range(chunk)
+    )
+    reasons = Counter(f["reason"] for f in failed)
+    assert reasons == {"duplicate_in_source": 1, "not_sent": tail}
+    not_sent = [f for f in failed if f["reason"] == "not_sent"]
+    assert all("reading the source failed" in f["detail"] for f in not_sent)
+    assert not {f["hash"] for f in not_sent} & set(emulator.hash_counts)
 
 
 def test_mapped_by_hash_catches_duplicates_across_files(
