@@ -496,3 +496,63 @@ def test_a_408_on_a_batch_is_split_after_one_attempt(
     assert summary.failed_by_reason == {"rejected_by_api": 4}
     statuses = [r.status for r in emu.requests if r.path == MIGRATE]
     assert len(statuses) == 1 + 2 + 4 * FAST.max_attempts and set(statuses) == {408}
+
+
+def test_mapped_tasks_share_a_ledger_without_touching_each_others_files(tmp_path: Path) -> None:
+    writers = [
+        LedgerWriter(
+            tmp_path, LedgerScope("dag", "run_1", "migrate", i, 1), migration_id=MIGRATION, api_id=API
+        )
+        for i in range(2)
+    ]
+    for i, w in enumerate(writers):
+        for part in range(3):
+            w.record_migrated([b64(f"{i}-{part}")], [f"key_{i}_{part}"], [part], "req")
+            w.flush()
+    writers[0].close()  # compacts only map index 0's segments
+    assert len(list(tmp_path.glob("seg-*-m1-*.parquet"))) == 3
+    writers[1].close()
+    table = read_ledger(tmp_path)
+    assert sorted(table.column("map_index").to_pylist()) == [0, 0, 0, 1, 1, 1]
+    assert len(list(tmp_path.glob("*.parquet"))) == 2
+
+
+def test_for_sql_sources_an_anti_join_leaves_old_rows_out(
+    emu: UnkeyEmulator, client: UnkeyClient, tmp_path: Path
+) -> None:
+    """The query docs/reliability.md gives, against the outcome tables SqlOutcomeSink writes."""
+    import sqlite3
+
+    from airflow_provider_unkey.migration.sinks import SqlOutcomeSink
+    from airflow_provider_unkey.migration.sources import SqlSource
+
+    db = str(tmp_path / "warehouse.db")
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE api_keys (key_hash TEXT, owner TEXT)")
+        conn.executemany("INSERT INTO api_keys VALUES (?, ?)", [(b64(i), f"user_{i}") for i in range(50)])
+    emu.add_existing_hash(b64(7))
+    query = """
+        SELECT k.key_hash AS hash, k.owner AS "externalId"
+        FROM api_keys AS k
+        WHERE NOT EXISTS (SELECT 1 FROM unkey_outcomes_migrated AS m WHERE m.hash = k.key_hash)
+          AND NOT EXISTS (
+            SELECT 1 FROM unkey_outcomes_failed AS f
+            WHERE f.hash = k.key_hash AND f.reason IN ('already_exists', 'unconfirmed')
+          )
+    """
+    sink = SqlOutcomeSink(lambda: sqlite3.connect(db), "unkey_outcomes")
+    with sqlite3.connect(db) as conn:
+        sink.create_tables(conn)
+    first = run_migration(
+        SqlSource(lambda: sqlite3.connect(db), query), client, MIGRATION, API, tmp_path / "r1", retry=FAST
+    )
+    assert (first.migrated, first.failed_by_reason) == (49, {"already_exists": 1})
+    sink.write("run_1", tmp_path / "r1")
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO api_keys VALUES (?, ?)", [(b64(i), f"user_{i}") for i in range(50, 60)])
+    emu.reset_log()
+    second = run_migration(
+        SqlSource(lambda: sqlite3.connect(db), query), client, MIGRATION, API, tmp_path / "r2", retry=FAST
+    )
+    assert (second.total, second.migrated) == (10, 10)
+    assert set(emu.hash_counts) == {b64(i) for i in range(50, 60)}
