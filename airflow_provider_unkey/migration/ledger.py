@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,8 +153,8 @@ class _Storage:
     def path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
-    def write_table(self, name: str, tables: Sequence[pa.Table]) -> str:
-        """Write ``tables`` as one Parquet file ``name``, atomically."""
+    def write_table(self, name: str, tables: Iterable[pa.Table]) -> str:
+        """Write ``tables`` (consumed one at a time) as one Parquet file ``name``, atomically."""
         target = self.path(name)
         if self.local:
             tmp = Path(self.root) / f"_{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -171,12 +170,14 @@ class _Storage:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(Path(self.root))
         else:
-            sink = io.BytesIO()
-            with pq.ParquetWriter(sink, LEDGER_SCHEMA, compression="zstd") as writer:
+            # One object, written in one upload (multipart where the store has it) that appears whole
+            # when it completes: object stores have no appends.
+            with (
+                self.filesystem.open(target, "wb") as handle,
+                pq.ParquetWriter(handle, LEDGER_SCHEMA, compression="zstd") as writer,
+            ):
                 for table in tables:
                     writer.write_table(table)
-            # One put of the whole object: object stores have no appends, and a put is atomic.
-            self.filesystem.pipe_file(target, sink.getvalue())
         return target
 
     def put_bytes(self, name: str, data: bytes) -> None:
@@ -448,7 +449,8 @@ class LedgerWriter:
         names = self.storage.list(f"{_SEGMENT_PREFIX}{self.scope.task_instance_key}-")
         if len(names) < 2:
             return None
-        tables = [self.storage.read(name) for name in names]
+        # One segment in memory at a time, however long the run was.
+        tables = (self.storage.read(name) for name in names)
         merged = f"{self.scope.task_instance_key}-try{self.scope.try_number}-{_utc_stamp()}.parquet"
         self.storage.write_table(merged, tables)
         self.storage.delete(names)
