@@ -6,7 +6,6 @@ exactly one outcome: migrated, failed or skipped) and against what the emulator 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import threading
 from collections.abc import Collection, Iterator
@@ -21,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
+from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration import hashes
 from airflow_provider_unkey.migration.engine import MigrationSummary, RunControl, run_migration
 from airflow_provider_unkey.migration.ledger import (
@@ -33,15 +32,9 @@ from airflow_provider_unkey.migration.ledger import (
 )
 from airflow_provider_unkey.migration.outcomes import Reason, Stage
 from airflow_provider_unkey.testing import UnkeyEmulator, seam_hash
+from tests.test_core_engine import API, FAST, MIGRATE, MIGRATION, ROOT, b64
 
-ROOT, API, MIGRATION = "unkey_root_test", "api_test", "mig_test"
-MIGRATE = "/v2/keys.migrateKeys"
-FAST = RetryPolicy(max_attempts=3, max_elapsed=10, initial_wait=0.001, max_wait=0.004, jitter=0.0)
 TRY1 = LedgerScope("dag", "run_1", "migrate", -1, 1)
-
-
-def b64(i: int | str) -> str:
-    return base64.b64encode(hashlib.sha256(f"sk_{i}".encode()).digest()).decode()
 
 
 @pytest.fixture

@@ -618,15 +618,9 @@ class KnownHashes:
         return cls(mine, others, records, resumed)
 
 
+#: What a retry keeps of its earlier tries' records, to report their outcomes again.
 _RECORDS_SCHEMA = pa.schema(
-    [
-        pa.field("hash", pa.string()),
-        pa.field("key_id", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("detail", pa.string()),
-        pa.field("request_id", pa.string()),
-        pa.field("try_number", pa.int32()),
-    ]
+    [LEDGER_SCHEMA.field(name) for name in ("hash", "key_id", "reason", "detail", "request_id", "try_number")]
 )
 
 
