@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Airflow reads AIRFLOW_HOME at import: keep the demo's state inside the checkout, never in ~/airflow.
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 
-.PHONY: setup demo test lint typecheck unit emulator bench clean
+.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ emulator: setup
 
 bench: setup
 	$(BIN)/python benchmarks/emulator_throughput.py
+
+## The ledger's cost in throughput and its memory at 10M hashes (docs/benchmarks.md, "The ledger").
+bench-ledger: setup
+	$(BIN)/python -m benchmarks.ledger_cost --keys 200000 --pairs 6 --latencies 0 0.05 0.2
+	$(BIN)/python -m benchmarks.ledger_memory --hashes 1000000 10000000
 
 clean:
 	rm -rf $(VENV) airflow_home .mypy_cache .ruff_cache .pytest_cache
