@@ -549,3 +549,34 @@ def test_for_sql_sources_an_anti_join_leaves_old_rows_out(
     )
     assert (second.total, second.migrated) == (10, 10)
     assert set(emu.hash_counts) == {b64(i) for i in range(50, 60)}
+
+
+def test_a_long_run_rolls_over_to_new_compacted_files(tmp_path: Path) -> None:
+    ledger = LedgerWriter(
+        tmp_path, TRY1, migration_id=MIGRATION, api_id=API, flush_interval=3600, compact_rows=20
+    )
+    for part in range(7):
+        ledger.record_migrated([b64(f"{part}-{i}") for i in range(10)], ["k"] * 10, list(range(10)), "req")
+        ledger.flush()
+    # Every 20 rows a compacted file was put in place and its two segments deleted; the 7th segment
+    # is still on its own, its rows in an unfinished hidden file.
+    assert len(list(tmp_path.glob("seg-*.parquet"))) == 1
+    assert len([p for p in tmp_path.glob("*.parquet") if not p.name.startswith("seg-")]) == 3
+    assert read_ledger(tmp_path).num_rows == 70
+    ledger.close()
+    assert not list(tmp_path.glob("seg-*")) and not list(tmp_path.glob("_*"))
+    assert read_ledger(tmp_path).num_rows == 70
+
+
+def test_a_dead_trys_leftovers_are_compacted_by_the_next(tmp_path: Path) -> None:
+    dead = LedgerWriter(tmp_path, TRY1, migration_id=MIGRATION, api_id=API, flush_interval=3600)
+    for part in range(3):
+        dead.record_migrated([b64(f"dead-{part}")], ["k"], [part], "req")
+        dead.flush()
+    assert len(list(tmp_path.glob("_*.partial"))) == 1  # its compacted file, never finished
+    retry = LedgerScope("dag", "run_1", "migrate", -1, 2)
+    ledger = LedgerWriter(tmp_path, retry, migration_id=MIGRATION, api_id=API, flush_interval=3600)
+    ledger.record_migrated([b64("new")], ["k"], [3], "req")
+    ledger.close()
+    assert not list(tmp_path.glob("seg-*")) and not list(tmp_path.glob("_*.partial"))
+    assert read_ledger(tmp_path).num_rows == 4
