@@ -237,6 +237,14 @@ def test_index_ignores_hashes_of_the_other_wire_format(tmp_path: Path) -> None:
     other = LedgerScope("dag", "run_2", "migrate")
     assert len(KnownHashes.load(tmp_path, other, "sha256_base64")) == 0
     assert len(KnownHashes.load(tmp_path, other, "sha256_hex")) == 1
+    # A hash of the right length that is no hash at all (a ledger edited by hand) is skipped too.
+    edited = LedgerWriter(
+        tmp_path, LedgerScope("dag", "run_0", "migrate"), migration_id=MIGRATION, api_id=API
+    )
+    edited.record_migrated(["!" * 44, b64(1)], ["key_bad", "key_1"], [0, 1], "req")
+    edited.close()
+    known = KnownHashes.load(tmp_path, other, "sha256_base64")
+    assert len(known) == 1 and known.lookup(hashes.digests(pa.array([b64(1)]), "sha256_base64")).known.all()
 
 
 def test_a_missing_ledger_knows_nothing(tmp_path: Path) -> None:

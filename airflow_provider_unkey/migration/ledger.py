@@ -33,7 +33,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -592,6 +592,42 @@ def _words(digest_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _prefix(contiguous), second.astype(np.uint64)
 
 
+def _task_instance_filter(scope: LedgerScope) -> pc.Expression:
+    return (
+        (pc.field("dag_id") == scope.dag_id)
+        & (pc.field("run_id") == scope.run_id)
+        & (pc.field("task_id") == scope.task_id)
+        & (pc.field("map_index") == scope.map_index)
+    )
+
+
+def _same_task_instance(batch: pa.RecordBatch, scope: LedgerScope) -> np.ndarray:
+    same = pc.and_(
+        pc.and_(
+            pc.equal(batch.column("dag_id"), scope.dag_id), pc.equal(batch.column("run_id"), scope.run_id)
+        ),
+        pc.and_(
+            pc.equal(batch.column("task_id"), scope.task_id),
+            pc.equal(batch.column("map_index"), scope.map_index),
+        ),
+    )
+    return np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _of_wire_format(batch: pa.RecordBatch, wire_format: str, width: int) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The rows whose hash has ``wire_format``, and their digests.
+
+    Hashes with an existing outcome went out on the wire, so their length tells the format; the full
+    check (a regex) runs only for a batch that does not decode.
+    """
+    batch = batch.filter(pc.fill_null(pc.equal(pc.binary_length(batch.column("hash")), width), False))
+    try:
+        return batch, hash_codec.digests(batch.column("hash"), wire_format)
+    except ValueError:
+        batch = batch.filter(hash_codec.format_mask(batch.column("hash"), wire_format))
+        return batch, hash_codec.digests(batch.column("hash"), wire_format)
+
+
 @dataclass(slots=True)
 class Lookup:
     """What the ledger knows of a batch of digests.
@@ -657,6 +693,23 @@ class KnownHashes:
             known = (found >= 0) & (mine < 0)
         return Lookup(mine, known)
 
+    @staticmethod
+    def _scan(
+        dataset: ds.Dataset, columns: list[str], filter_: pc.Expression, batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """Batches of the rows that pass ``filter_``, with one batch and one file read ahead at most."""
+        scanner = dataset.scanner(
+            columns=columns,
+            filter=filter_,
+            batch_size=batch_rows,
+            batch_readahead=1,
+            fragment_readahead=1,
+            use_threads=False,
+        )
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch
+
     @classmethod
     def empty(cls) -> KnownHashes:
         return cls(None, None, _RECORDS_SCHEMA.empty_table(), None)
@@ -685,47 +738,40 @@ class KnownHashes:
         resumed = int(json.loads(marker)["try_number"]) if marker is not None else None
         dataset = storage.dataset()
         exists_filter = pc.field("reason").is_null() | pc.field("reason").isin(list(EXISTS_IN_UNKEY))
-        columns = ["hash", "key_id", "reason", "detail", "request_id", "dag_id", "run_id", "task_id"]
-        columns += ["map_index", "try_number"]
+        width = 44 if wire_format == "sha256_base64" else 64
         mine_parts: list[tuple[np.ndarray, np.ndarray]] = []
         other_parts: list[tuple[np.ndarray, np.ndarray]] = []
         record_parts: list[pa.RecordBatch] = []
+        owners = ["dag_id", "run_id", "task_id", "map_index"]
         try:
-            scanner = dataset.scanner(
-                columns=columns, filter=exists_filter, batch_size=batch_rows, use_threads=False
-            )
-            for scanned in scanner.to_batches():
-                if not scanned.num_rows:
-                    continue
-                batch = scanned.filter(hash_codec.format_mask(scanned.column("hash"), wire_format))
-                if not batch.num_rows:
-                    continue
-                same = pc.and_(
-                    pc.and_(
-                        pc.equal(batch.column("dag_id"), scope.dag_id),
-                        pc.equal(batch.column("run_id"), scope.run_id),
-                    ),
-                    pc.and_(
-                        pc.equal(batch.column("task_id"), scope.task_id),
-                        pc.equal(batch.column("map_index"), scope.map_index),
-                    ),
-                )
-                same_np = np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False), dtype=bool)
-                digest_rows = hash_codec.digests(batch.column("hash"), wire_format)
+            # Pass 1, over the whole ledger: only what the index needs, one batch ahead at most.
+            for scanned in cls._scan(dataset, ["hash", *owners], exists_filter, batch_rows):
+                batch, digest_rows = _of_wire_format(scanned, wire_format, width)
+                same = _same_task_instance(batch, scope)
                 prefixes, seconds = _words(digest_rows)
-                if same_np.any():
-                    mine_batch = batch.filter(pa.array(same_np))
-                    mine_parts.append((prefixes[same_np], seconds[same_np]))
-                    record_parts.append(
-                        pa.RecordBatch.from_arrays(
-                            [mine_batch.column(c) for c in _RECORDS_SCHEMA.names], schema=_RECORDS_SCHEMA
-                        )
-                    )
-                other = ~same_np
+                other = ~same
                 if other.any():
                     other_parts.append((prefixes[other], seconds[other]))
+                if same.any():
+                    mine_parts.append((prefixes[same], seconds[same]))
+            if mine_parts:
+                # Pass 2, only when earlier tries of this task instance recorded something: their
+                # outcomes, to report again. The filter keeps just their rows.
+                mine_filter = exists_filter & _task_instance_filter(scope)
+                mine_parts = []
+                for scanned in cls._scan(dataset, [*_RECORDS_SCHEMA.names], mine_filter, batch_rows):
+                    batch, digest_rows = _of_wire_format(scanned, wire_format, width)
+                    prefixes, seconds = _words(digest_rows)
+                    mine_parts.append((prefixes, seconds))
+                    record_parts.append(
+                        pa.RecordBatch.from_arrays(
+                            [batch.column(c) for c in _RECORDS_SCHEMA.names], schema=_RECORDS_SCHEMA
+                        )
+                    )
         except (OSError, pa.ArrowInvalid) as exc:
             raise LedgerError(f"the ledger {storage.root} cannot be read: {exc}") from exc
+        finally:
+            pa.default_memory_pool().release_unused()  # the scan's buffers, back to the system
 
         def build(parts: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None) -> _Run | None:
             if not parts:
