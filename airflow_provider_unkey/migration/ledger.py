@@ -12,13 +12,13 @@ file every ``flush_interval`` seconds (sooner when ``max_buffer_rows`` pile up).
 segment is written to a hidden temporary name, fsynced, renamed into place and its directory fsynced;
 on object storage each segment is one object, put whole (nothing is ever appended). A process killed
 with SIGKILL therefore loses at most the outcomes of the last ``flush_interval`` seconds, plus the
-requests that were in flight. When the run ends, the task instance's segments are compacted into one
-file.
+requests that were in flight. Each segment's rows also go, as it is written, into the try's
+compacted file, which is put in place when the run ends (and the segments it holds deleted).
 
-:class:`KnownHashes` reads a ledger back into a compact index (16 bytes a hash; 10 million hashes
-take about 170 MB) and says, for a batch of digests, which ones an earlier try of the same task
-instance recorded (with their outcome, to report again) and which ones other runs know to exist in
-Unkey (to skip).
+:class:`KnownHashes` reads a ledger back into a compact index (17 bytes a hash; 10 million hashes
+take 162 MiB) and says, for a batch of digests, which ones an earlier try of the same task instance
+recorded (with their outcome, to report again) and which ones other runs know to exist in Unkey (to
+skip).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     ],
 }
 
-#: Segments are written on the hot path and rewritten by compaction: no compression, no dictionaries.
+#: Segments live only until the compacted file is in place: written fast, uncompressed.
 _SEGMENT_OPTIONS: dict[str, Any] = {"compression": "none", "use_dictionary": False}
 
 #: Outcomes that mean "a key with this hash exists in Unkey": such hashes are never sent again.
@@ -116,10 +116,6 @@ class LedgerScope:
         label = _UNSAFE.sub("_", self.task_id)[:60]
         suffix = f"-m{self.map_index}" if self.map_index >= 0 else ""
         return f"{label}{suffix}-{digest}"
-
-    def describe(self) -> str:
-        where = f"[{self.map_index}]" if self.map_index >= 0 else ""
-        return f"task {self.dag_id}.{self.task_id}{where} of run {self.run_id}"
 
 
 # --- storage ---------------------------------------------------------------------------------------
@@ -377,8 +373,9 @@ class LedgerWriter:
         self.max_buffer_rows = max_buffer_rows
         self.compact_rows = compact_rows
         self._compacted: _Compacted | None = None
+        #: Rows and segments written so far by this writer.
         self.rows_written = 0
-        self.segments: list[str] = []
+        self.segments_written = 0
         self._chunks: list[_Chunk] = []
         self._pending = 0
         self._unwritten: list[pa.Table] = []  # tables a failed write left behind, written next time
@@ -498,11 +495,11 @@ class LedgerWriter:
             rows = sum(int(t.num_rows) for t in self._unwritten)
             name = (
                 f"{_SEGMENT_PREFIX}{self.scope.task_instance_key}-try{self.scope.try_number}"
-                f"-{_utc_stamp()}-{len(self.segments):06d}.parquet"
+                f"-{_utc_stamp()}-{self.segments_written:06d}.parquet"
             )
             self.storage.write_table(name, self._unwritten, segment=True)
             tables, self._unwritten = self._unwritten, []
-            self.segments.append(name)
+            self.segments_written += 1
             self.rows_written += rows
             self._error = None
             self._add_to_compacted(tables, name)
