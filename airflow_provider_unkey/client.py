@@ -73,7 +73,6 @@ class RetryPolicy:
         that were throttled together do not come back together.
     :param max_retry_after: the longest server-requested wait that is honoured; a longer one ends the
         retries (the error is raised) rather than blocking a worker for minutes.
-    :param retry_server_errors: retry 500-504 at all.
     :param no_retry_statuses: statuses never retried under this policy. The migration engine puts 500
         here for batches of several keys: a 500 from ``migrateKeys`` that is about the batch's content
         persists, and the engine splits the batch instead of waiting through every retry.
@@ -85,7 +84,6 @@ class RetryPolicy:
     max_wait: float = 30.0
     jitter: float = 0.5
     max_retry_after: float = 120.0
-    retry_server_errors: bool = True
     no_retry_statuses: frozenset[int] = frozenset()
 
     def is_retryable(self, exc: BaseException) -> bool:
@@ -97,7 +95,7 @@ class RetryPolicy:
                 return False
             if exc.status in (408, 429):
                 return exc.retry_after is None or exc.retry_after <= self.max_retry_after
-            return self.retry_server_errors and exc.status in RETRYABLE_STATUSES
+            return exc.status in RETRYABLE_STATUSES
         return False
 
 
@@ -258,8 +256,8 @@ class UnkeyClient:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param pool_size: connections kept open; size it to the number of threads that call at once.
     :param allow_insecure_http: allow ``http://`` to a host that is not loopback.
-    :param on_retry: called with ``(attempt, exception, wait_seconds)`` before each retry's sleep;
-        the migration engine uses it to slow down on 429s.
+    :param on_retry: called with ``(attempt, exception, wait_seconds)`` before each retry's sleep
+        (after the retry is logged): a hook for metrics or tests.
     """
 
     def __init__(

@@ -86,7 +86,7 @@ _PERMISSION_RE = re.compile(r"[a-zA-Z0-9_:\-\.\*]+\Z")
 SHA256_BASE64_RE = re.compile(r"[A-Za-z0-9+/]{43}=\Z")
 #: 32 bytes are 256 bits: the 43rd base64 character carries the last 4 bits and two zero bits, so it is
 #: one of these 16; a hash of the shape above with any other one is the base64 of no SHA-256 digest.
-_SHA256_BASE64_LAST_CHARS = frozenset("AEIMQUYcgkosw048")
+SHA256_BASE64_LAST_CHARS = frozenset("AEIMQUYcgkosw048")
 SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
 ALGORITHM_SHA256 = "sha256"
 ALGORITHM_SEAM = "github.com/seamapi/prefixed-api-key"
@@ -590,30 +590,3 @@ def server_violations(body: Mapping[str, Any]) -> list[Violation]:
             seen[h] = i
     # Stable: in key order within each status.
     return sorted(out, key=lambda v: v.status)
-
-
-def hash_format_violation(hash_value: str, algorithm: str) -> str | None:
-    """Whether a hash has the shape its migration's algorithm expects.
-
-    The server does not check this (any string of 3+ characters is stored), but a hash of the wrong
-    shape can never verify: ``sha256`` wants the padded standard base64 of the SHA-256 digest, the
-    seam algorithm wants lowercase or uppercase hex.
-
-    :return: ``None`` when the shape fits, else what is wrong.
-    """
-    if algorithm == ALGORITHM_SHA256:
-        if SHA256_BASE64_RE.match(hash_value):
-            if hash_value[42] in _SHA256_BASE64_LAST_CHARS:
-                return None
-            return (
-                "is not canonical base64: its last character before '=' has stray bits, so it is the "
-                "base64 of no SHA-256 digest"
-            )
-        if SHA256_HEX_RE.match(hash_value):
-            return "is hex; a sha256 migration wants the base64 of the SHA-256 digest (44 characters ending in '=')"
-        return "is not the base64 of a SHA-256 digest (44 characters ending in '=')"
-    if algorithm == ALGORITHM_SEAM:
-        if SHA256_HEX_RE.match(hash_value):
-            return None
-        return "is not the hex of a SHA-256 digest (64 hex characters)"
-    raise ValueError(f"unknown migration algorithm {algorithm!r}")

@@ -326,8 +326,9 @@ def test_persistent_server_error_retried_then_raised(emulator: UnkeyEmulator, cl
 
 
 def test_duplicate_hash_500_not_retried_when_policy_says_so(emulator: UnkeyEmulator) -> None:
-    # The engine sends batches with retry_server_errors=False and splits a 500ed batch instead.
-    client = UnkeyClient(ROOT_KEY, emulator.url, retry=RetryPolicy(max_attempts=4, retry_server_errors=False))
+    # The engine sends batches of several keys with 500 in no_retry_statuses and splits them instead.
+    policy = RetryPolicy(max_attempts=4, no_retry_statuses=frozenset({500}))
+    client = UnkeyClient(ROOT_KEY, emulator.url, retry=policy)
     with pytest.raises(UnkeyServerError):
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_dup", "sk_dup"))
     assert len(emulator.requests) == 1

@@ -1,6 +1,5 @@
-"""Unit tests of what the server rejects beyond the schema (:func:`rules.server_violations`) and of the
-hash shape check (:func:`rules.hash_format_violation`). The schema side is in
-``test_rules_differential.py``.
+"""Unit tests of what the server rejects beyond the schema (:func:`rules.server_violations`). The
+schema side is in ``test_rules_differential.py``; hash formats in ``test_core_hashes.py``.
 """
 
 from __future__ import annotations
@@ -244,95 +243,11 @@ def test_key_server_violations_takes_its_location() -> None:
     ]
 
 
-# --- hash_format_violation -------------------------------------------------------------------------
-@pytest.mark.parametrize("plaintext", PLAINTEXTS)
-def test_base64_sha256_fits_a_sha256_migration(plaintext: str) -> None:
-    h = sha256_base64(plaintext)
-    assert len(h) == 44 and h.endswith("=")
-    assert rules.hash_format_violation(h, rules.ALGORITHM_SHA256) is None
-
-
-@pytest.mark.parametrize("plaintext", PLAINTEXTS[:4])
-@pytest.mark.parametrize("case", [str.lower, str.upper])
-def test_hex_sha256_is_refused_for_sha256_and_the_message_says_hex(plaintext: str, case: Any) -> None:
-    message = rules.hash_format_violation(case(sha256_hex(plaintext)), rules.ALGORITHM_SHA256)
-    assert message is not None and "hex" in message and "base64" in message
-
-
-@pytest.mark.parametrize("plaintext", PLAINTEXTS[:4])
-@pytest.mark.parametrize("case", [str.lower, str.upper])
-def test_hex_sha256_fits_the_seam_algorithm(plaintext: str, case: Any) -> None:
-    assert rules.hash_format_violation(case(sha256_hex(plaintext)), rules.ALGORITHM_SEAM) is None
-
-
-@pytest.mark.parametrize("plaintext", PLAINTEXTS[:4])
-def test_base64_is_refused_for_the_seam_algorithm(plaintext: str) -> None:
-    message = rules.hash_format_violation(sha256_base64(plaintext), rules.ALGORITHM_SEAM)
-    assert message is not None and "hex" in message
-
-
-def _with_url_safe_char() -> str:
-    """The standard base64 of a real digest that holds a '+' or '/'."""
-    return next(h for h in map(sha256_base64, PLAINTEXTS) if "+" in h or "/" in h)
-
-
-@pytest.mark.parametrize(
-    ("shape", "value"),
-    [
-        ("unpadded", sha256_base64("k").rstrip("=")),
-        ("url-safe alphabet", _with_url_safe_char().replace("+", "-").replace("/", "_")),
-        ("trailing newline", sha256_base64("k") + "\n"),
-        ("leading space", " " + sha256_base64("k")),
-        ("sha512", base64.b64encode(hashlib.sha512(b"k").digest()).decode()),
-        ("sha1", base64.b64encode(hashlib.sha1(b"k").digest()).decode()),
-        ("md5 hex", hashlib.md5(b"k").hexdigest()),
-        ("plaintext", "sk_live_51Hq8d2eZvKYlo2C0a8xQh7"),
-        ("empty", ""),
-    ],
-)
-def test_other_shapes_are_refused_for_sha256(shape: str, value: str) -> None:
-    message = rules.hash_format_violation(value, rules.ALGORITHM_SHA256)
-    assert message is not None and "base64" in message
-
-
-@pytest.mark.parametrize(
-    ("shape", "value"),
-    [
-        ("63 hex", sha256_hex("k")[:63]),
-        ("65 hex", sha256_hex("k") + "0"),
-        ("trailing newline", sha256_hex("k") + "\n"),
-        ("prefixed", "0x" + sha256_hex("k")),
-        ("sha512 hex", hashlib.sha512(b"k").hexdigest()),
-        ("non-hex letter", "g" + sha256_hex("k")[1:]),
-    ],
-)
-def test_other_shapes_are_refused_for_seam(shape: str, value: str) -> None:
-    assert rules.hash_format_violation(value, rules.ALGORITHM_SEAM) is not None
-
-
-def test_non_canonical_base64_is_refused_for_sha256() -> None:
-    """44 characters of the right alphabet whose last one before '=' sets bits no 32-byte digest sets:
-    the base64 of no SHA-256 digest, so the key could never verify."""
-    real = sha256_base64("k")
-    for tail in set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"):
-        message = rules.hash_format_violation(real[:42] + tail + "=", rules.ALGORITHM_SHA256)
-        if tail in "AEIMQUYcgkosw048":
-            assert message is None, tail
-        else:
-            assert message is not None and "canonical" in message, tail
-            # Still the loose shape other modules test for (they give their own hint for it).
-            assert rules.SHA256_BASE64_RE.match(real[:42] + tail + "=")
+# --- the canonical base64 tails ------------------------------------------------------------------
 
 
 def test_real_digests_end_in_every_canonical_tail() -> None:
-    """The canonical tails are exactly the ones real digests produce."""
+    """The canonical tails (what ``hashes.format_mask`` accepts before '=') are exactly the ones real
+    digests produce."""
     tails = {sha256_base64(f"tail-{i}")[42] for i in range(2000)}
-    assert tails == set("AEIMQUYcgkosw048")
-
-
-@pytest.mark.parametrize(
-    "algorithm", ["sha512", "SHA256", "bcrypt", "", "github.com/seamapi/prefixed-api-key/"]
-)
-def test_unknown_algorithm_raises(algorithm: str) -> None:
-    with pytest.raises(ValueError, match="unknown migration algorithm"):
-        rules.hash_format_violation(sha256_base64("k"), algorithm)
+    assert tails == set(rules.SHA256_BASE64_LAST_CHARS) == set("AEIMQUYcgkosw048")

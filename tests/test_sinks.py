@@ -19,7 +19,6 @@ from airflow_provider_unkey.migration.sinks import (
     SqlOutcomeSink,
     copy_outputs,
     validate_table_prefix,
-    write_outcomes,
 )
 from airflow_provider_unkey.operators import io
 from tests import databases
@@ -198,7 +197,7 @@ def test_sqlite_sink_writes_a_table_in_one_transaction(tmp_path: Path, sqlite_pa
     conn.commit()
     conn.close()
     with pytest.raises(sqlite3.IntegrityError):
-        write_outcomes(lambda: sqlite3.connect(sqlite_path), "out", "run_1", run, chunk_rows=5)
+        SqlOutcomeSink(lambda: sqlite3.connect(sqlite_path), "out", chunk_rows=5).write("run_1", run)
     conn = sqlite3.connect(sqlite_path)
     assert conn.execute("SELECT COUNT(*) FROM out_migrated").fetchone() == (0,)
     conn.close()

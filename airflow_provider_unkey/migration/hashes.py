@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_unkey.rules import ALGORITHM_SHA256, canonical_algorithm
+from airflow_provider_unkey.rules import ALGORITHM_SHA256, SHA256_BASE64_LAST_CHARS, canonical_algorithm
 
 __all__ = [
     "HASH_FORMATS",
@@ -32,6 +32,7 @@ HASH_FORMATS: tuple[str, ...] = ("sha256_base64", "sha256_hex")
 DIGEST_SIZE = 32
 _BASE64_RE = r"^[A-Za-z0-9+/]{43}=$"
 _HEX_RE = r"^[0-9a-fA-F]{64}$"
+_CANONICAL_LAST_RE = "^[" + "".join(sorted(SHA256_BASE64_LAST_CHARS)) + "]$"
 _HEX_LOOKUP = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX_LOOKUP[_c] = _i
@@ -81,7 +82,7 @@ def format_mask(hashes: pa.Array | pa.ChunkedArray, hash_format: str) -> pa.Bool
         mask = pc.fill_null(pc.match_substring_regex(hashes, _BASE64_RE), False)
         # Canonical: the 43rd character is one of the 16 with the low two bits zero.
         last = pc.utf8_slice_codeunits(hashes, 42, 43)
-        canonical = pc.fill_null(pc.match_substring_regex(last, r"^[AEIMQUYcgkosw048]$"), False)
+        canonical = pc.fill_null(pc.match_substring_regex(last, _CANONICAL_LAST_RE), False)
         return pc.and_(mask, canonical)
     if hash_format == "sha256_hex":
         return pc.fill_null(pc.match_substring_regex(hashes, _HEX_RE), False)

@@ -310,21 +310,3 @@ class SqlOutcomeSink:
             return count
         finally:
             cursor.close()
-
-
-def write_outcomes(
-    connect: Callable[[], Any],
-    table_prefix: str,
-    run_id: str,
-    local_dir: str | Path,
-    *,
-    task_key: str = "-",
-    chunk_rows: int = 5_000,
-) -> dict[str, int]:
-    """Append a run's outcomes to ``<table_prefix>_migrated`` and ``<table_prefix>_failed``.
-
-    A shortcut for :meth:`SqlOutcomeSink.write`; see :class:`SqlOutcomeSink`.
-
-    :return: outcome -> rows written.
-    """
-    return SqlOutcomeSink(connect, table_prefix, chunk_rows=chunk_rows).write(run_id, local_dir, task_key)
