@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,8 @@ from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
 from airflow_provider_unkey.exceptions import (
     UnkeyAPIError,
     UnkeyAuthenticationError,
-    UnkeyBadRequestError,
     UnkeyError,
-    UnkeyNotFoundError,
-    UnkeyPayloadTooLargeError,
     UnkeyPermissionError,
-    UnkeyRequestTimeoutError,
-    UnkeyServerError,
     UnkeyTransportError,
 )
 from airflow_provider_unkey.migration.dedupe import DigestSet
@@ -56,6 +52,58 @@ _MAYBE_CREATED = (
     "; a request carrying this key got no response, so Unkey may have created it (a rerun reports it as"
     " already_exists)"
 )
+
+
+class Action(StrEnum):
+    """What the engine does with a batch whose request failed (after the client's retries)."""
+
+    ABORT = "abort"  #: stop the run: nothing more is sent; this batch and the rest are not_sent
+    SPLIT = "split"  #: send the batch again as two halves, to isolate the keys at fault
+    REJECT = "reject"  #: the single key is refused: rejected_by_api
+    GIVE_UP = "give_up"  #: retries ran out on a problem of the service or the network: gave_up
+
+
+#: The one table of what a failed request means: status -> (batch of several keys, single key).
+#: 400: the body is refused (a 400 whose errors[] names keys drops those first). 401/403/404: the root
+#: key, its permission, the API or the migration is wrong; no batch can succeed. 408 (the 60 s server
+#: timeout), 413 and 500 (a duplicate role, a null remaining...): about this batch's content or size.
+#: 502-504 and 429 after the retries: the service is unwell or busy, and splitting would only multiply
+#: requests.
+ACTIONS: dict[int, tuple[Action, Action]] = {
+    400: (Action.SPLIT, Action.REJECT),
+    401: (Action.ABORT, Action.ABORT),
+    403: (Action.ABORT, Action.ABORT),
+    404: (Action.ABORT, Action.ABORT),
+    408: (Action.SPLIT, Action.REJECT),
+    413: (Action.SPLIT, Action.REJECT),
+    429: (Action.GIVE_UP, Action.GIVE_UP),
+    500: (Action.SPLIT, Action.REJECT),
+    502: (Action.GIVE_UP, Action.GIVE_UP),
+    503: (Action.GIVE_UP, Action.GIVE_UP),
+    504: (Action.GIVE_UP, Action.GIVE_UP),
+}
+#: Any other 5xx is treated as a 500; any other status, and a transport error, as a give-up.
+_OTHER_SERVER_ERROR = ACTIONS[500]
+#: Statuses on which a batch of several keys is split after its first attempt rather than retried:
+#: a retry would fail the same way (and a 408 costs up to 60 s an attempt).
+SPLIT_WITHOUT_RETRY = frozenset({408, 500})
+
+
+def classify(exc: UnkeyAPIError | UnkeyTransportError, keys: int) -> Action:
+    """What to do with a batch of ``keys`` keys whose request ended in ``exc``."""
+    if isinstance(exc, UnkeyAPIError):
+        row = ACTIONS.get(exc.status) or (_OTHER_SERVER_ERROR if exc.status >= 500 else None)
+        if row is not None:
+            return row[0] if keys > 1 else row[1]
+    return Action.GIVE_UP
+
+
+def _named_keys(exc: UnkeyAPIError | UnkeyTransportError, keys: int) -> set[int]:
+    """The key indexes a 400's ``errors[]`` names (``body.keys[3].name``), within the batch."""
+    if not isinstance(exc, UnkeyAPIError) or exc.status != 400:
+        return set()
+    named = {int(m.group(1)) for e in exc.errors if (m := _KEY_INDEX.match(e.location))}
+    return {i for i in named if i < keys}
 
 
 class MigrationAborted(UnkeyError):
@@ -275,7 +323,7 @@ class MigrationEngine:
         # policy: its 500 or 408 may be transient.
         self.single_retry = retry or client.retry
         self.batch_retry = dataclasses.replace(
-            self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | {408, 500}
+            self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | SPLIT_WITHOUT_RETRY
         )
         self.progress = progress
         self.resumed_try = resumed_try
@@ -385,34 +433,28 @@ class MigrationEngine:
                     self.batcher.body(part),
                     retry=self.batch_retry if len(part) > 1 else self.single_retry,
                 )
-            except (UnkeyAuthenticationError, UnkeyPermissionError, UnkeyNotFoundError) as exc:
-                with self._lock:
-                    if self._fatal is None:
-                        self._fatal = exc
-                self._abort.set()
-                self._not_sent(part)
-            except UnkeyBadRequestError as exc:
-                named = {int(m.group(1)) for e in exc.errors if (m := _KEY_INDEX.match(e.location))}
-                named = {i for i in named if i < len(part)}
+            except (UnkeyAPIError, UnkeyTransportError) as exc:
+                action = classify(exc, len(part))
                 lost = exc.unanswered_attempts > 0
-                if named:
+                named = _named_keys(exc, len(part))
+                if action is Action.ABORT:
+                    assert isinstance(exc, UnkeyAPIError)  # only statuses abort
+                    with self._lock:
+                        if self._fatal is None:
+                            self._fatal = exc
+                    self._abort.set()
+                    self._not_sent(part)
+                elif named:  # a 400 that names its keys: drop them, send the rest
+                    assert isinstance(exc, UnkeyAPIError)
                     self._reject(part, named, exc)
                     stack.append(part.without(named, lost))
-                elif len(part) > 1:
+                elif action is Action.SPLIT:
                     stack.extend(reversed(part.halves(lost)))
-                else:
+                elif action is Action.REJECT:
+                    assert isinstance(exc, UnkeyAPIError)
                     self._reject(part, {0}, exc)
-            except (UnkeyServerError, UnkeyRequestTimeoutError, UnkeyPayloadTooLargeError) as exc:
-                # A persistent 500/408/413 is about this batch: split it. 502-504 mean the service is
-                # unwell, and splitting would only multiply requests: give the batch up.
-                if exc.status in (502, 503, 504):
+                else:
                     self._give_up(part, exc)
-                elif len(part) > 1:
-                    stack.extend(reversed(part.halves(exc.unanswered_attempts > 0)))
-                else:
-                    self._reject(part, {0}, exc)
-            except (UnkeyAPIError, UnkeyTransportError) as exc:
-                self._give_up(part, exc)
             else:
                 self._record(
                     part,
