@@ -1,0 +1,239 @@
+"""Reading the ledger back: :class:`KnownHashes`, a compact index of the hashes known to exist in Unkey.
+
+Nothing here imports Airflow. See :mod:`airflow_provider_unkey.migration.ledger`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from airflow_provider_unkey.migration import hashes as hash_codec
+from airflow_provider_unkey.migration.dedupe import _prefix, _Run
+from airflow_provider_unkey.migration.ledger_base import (
+    EXISTS_IN_UNKEY,
+    LEDGER_SCHEMA,
+    LedgerError,
+    LedgerScope,
+    _attempt_marker,
+    _Storage,
+)
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _words(digest_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first 16 bytes of each digest as two uint64: prefix (sorted, searched) and the next word."""
+    contiguous = np.ascontiguousarray(digest_rows, dtype=np.uint8)
+    second = np.ascontiguousarray(contiguous[:, 8:16]).view(">u8").reshape(len(contiguous))
+    return _prefix(contiguous), second.astype(np.uint64)
+
+
+def _task_instance_filter(scope: LedgerScope) -> pc.Expression:
+    return (
+        (pc.field("dag_id") == scope.dag_id)
+        & (pc.field("run_id") == scope.run_id)
+        & (pc.field("task_id") == scope.task_id)
+        & (pc.field("map_index") == scope.map_index)
+    )
+
+
+def _same_task_instance(batch: pa.RecordBatch, scope: LedgerScope) -> np.ndarray:
+    same = pc.and_(
+        pc.and_(
+            pc.equal(batch.column("dag_id"), scope.dag_id), pc.equal(batch.column("run_id"), scope.run_id)
+        ),
+        pc.and_(
+            pc.equal(batch.column("task_id"), scope.task_id),
+            pc.equal(batch.column("map_index"), scope.map_index),
+        ),
+    )
+    return np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _of_wire_format(batch: pa.RecordBatch, wire_format: str, width: int) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The rows whose hash has ``wire_format``, and their digests.
+
+    Hashes with an existing outcome went out on the wire, so their length tells the format; the full
+    check (a regex) runs only for a batch that does not decode.
+    """
+    batch = batch.filter(pc.fill_null(pc.equal(pc.binary_length(batch.column("hash")), width), False))
+    try:
+        return batch, hash_codec.digests(batch.column("hash"), wire_format)
+    except ValueError:
+        batch = batch.filter(hash_codec.format_mask(batch.column("hash"), wire_format))
+        return batch, hash_codec.digests(batch.column("hash"), wire_format)
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What the ledger knows of a batch of digests.
+
+    :param mine: per digest, the index into :attr:`KnownHashes.records` of an earlier try's record of
+        this task instance, or -1.
+    :param known: per digest, whether another run recorded it as existing in Unkey (and it is not in
+        ``mine``).
+    """
+
+    mine: np.ndarray
+    known: np.ndarray
+
+
+class KnownHashes:
+    """The hashes a ledger knows to exist in Unkey, as a compact sorted index.
+
+    Only hashes of the current wire format count (base64 for ``sha256`` migrations, hex for seam
+    ones). A hash is matched on the first 16 bytes of its digest (a 128-bit match: a false match
+    among 10^8 keys has a probability of about 10^-23).
+
+    :param records: the earlier tries' outcomes of this task instance that mean the key exists in
+        Unkey (``key_id``, ``reason``, ``detail``, ``request_id``, ``try_number``), in index order.
+    """
+
+    def __init__(self, mine: _Run | None, others: _Run | None, records: pa.Table, resumed_try: int | None):
+        self._mine = mine
+        self._others = others
+        self.records = records
+        #: An earlier try of this task instance that died before recording every outcome (``None``:
+        #: none did), from the marker it left.
+        self.resumed_try = resumed_try
+
+    @property
+    def mine_count(self) -> int:
+        return len(self._mine) if self._mine is not None else 0
+
+    @property
+    def others_count(self) -> int:
+        return len(self._others) if self._others is not None else 0
+
+    def __len__(self) -> int:
+        return self.mine_count + self.others_count
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index (not counting :attr:`records`)."""
+        return sum(int(r.nbytes) for r in (self._mine, self._others) if r is not None)
+
+    def lookup(self, digest_rows: np.ndarray) -> Lookup:
+        """Which of ``(n, 32)`` digests the ledger knows."""
+        n = len(digest_rows)
+        mine = np.full(n, -1, dtype=np.int64)
+        known = np.zeros(n, dtype=bool)
+        if n == 0 or not len(self):
+            return Lookup(mine, known)
+        prefixes, seconds = _words(digest_rows)
+        if self._mine is not None:
+            self._mine.lookup(prefixes, seconds, mine)
+        if self._others is not None:
+            found = np.full(n, -1, dtype=np.int64)
+            self._others.lookup(prefixes, seconds, found)
+            known = (found >= 0) & (mine < 0)
+        return Lookup(mine, known)
+
+    @staticmethod
+    def _scan(
+        dataset: ds.Dataset, columns: list[str], filter_: pc.Expression, batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """Batches of the rows that pass ``filter_``, with one batch and one file read ahead at most."""
+        scanner = dataset.scanner(
+            columns=columns,
+            filter=filter_,
+            batch_size=batch_rows,
+            batch_readahead=1,
+            fragment_readahead=1,
+            use_threads=False,
+        )
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch
+
+    @classmethod
+    def empty(cls) -> KnownHashes:
+        return cls(None, None, _RECORDS_SCHEMA.empty_table(), None)
+
+    @classmethod
+    def load(
+        cls,
+        root: str | os.PathLike[str],
+        scope: LedgerScope,
+        wire_format: str,
+        *,
+        filesystem: Any | None = None,
+        batch_rows: int = 262_144,
+    ) -> KnownHashes:
+        """Read a ledger directory (missing or empty: nothing known).
+
+        :param root: the ledger directory.
+        :param scope: the current task instance: its earlier tries' records are resumed from.
+        :param wire_format: ``sha256_base64`` or ``sha256_hex``: hashes of the other format are ignored.
+        :param filesystem: an fsspec filesystem (``None``: local).
+        """
+        storage = _Storage(root, filesystem, create=False)
+        if not storage.exists():
+            return cls.empty()
+        marker = storage.read_bytes(_attempt_marker(scope))
+        resumed = int(json.loads(marker)["try_number"]) if marker is not None else None
+        dataset = storage.dataset()
+        exists_filter = pc.field("reason").is_null() | pc.field("reason").isin(list(EXISTS_IN_UNKEY))
+        width = 44 if wire_format == "sha256_base64" else 64
+        mine_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        other_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        record_parts: list[pa.RecordBatch] = []
+        owners = ["dag_id", "run_id", "task_id", "map_index"]
+        try:
+            # Pass 1, over the whole ledger: only what the index needs, one batch ahead at most.
+            for scanned in cls._scan(dataset, ["hash", *owners], exists_filter, batch_rows):
+                batch, digest_rows = _of_wire_format(scanned, wire_format, width)
+                same = _same_task_instance(batch, scope)
+                prefixes, seconds = _words(digest_rows)
+                other = ~same
+                if other.any():
+                    other_parts.append((prefixes[other], seconds[other]))
+                if same.any():
+                    mine_parts.append((prefixes[same], seconds[same]))
+            if mine_parts:
+                # Pass 2, only when earlier tries of this task instance recorded something: their
+                # outcomes, to report again. The filter keeps just their rows.
+                mine_filter = exists_filter & _task_instance_filter(scope)
+                mine_parts = []
+                for scanned in cls._scan(dataset, [*_RECORDS_SCHEMA.names], mine_filter, batch_rows):
+                    batch, digest_rows = _of_wire_format(scanned, wire_format, width)
+                    prefixes, seconds = _words(digest_rows)
+                    mine_parts.append((prefixes, seconds))
+                    record_parts.append(
+                        pa.RecordBatch.from_arrays(
+                            [batch.column(c) for c in _RECORDS_SCHEMA.names], schema=_RECORDS_SCHEMA
+                        )
+                    )
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise LedgerError(f"the ledger {storage.root} cannot be read: {exc}") from exc
+        finally:
+            pa.default_memory_pool().release_unused()  # the scan's buffers, back to the system
+
+        def build(parts: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None) -> _Run | None:
+            if not parts:
+                return None
+            prefixes = np.concatenate([p for p, _ in parts])
+            seconds = np.concatenate([s for _, s in parts])
+            # ``rows``: what a lookup returns; a single zero byte a hash where only presence matters.
+            values = rows if rows is not None else np.zeros(len(prefixes), dtype=np.int8)
+            return _Run(prefixes, seconds, values)
+
+        records = pa.Table.from_batches(record_parts, schema=_RECORDS_SCHEMA)
+        mine = build(mine_parts, np.arange(records.num_rows, dtype=np.int64))
+        others = build(other_parts, None)
+        return cls(mine, others, records, resumed)
+
+
+#: What a retry keeps of its earlier tries' records, to report their outcomes again.
+_RECORDS_SCHEMA = pa.schema(
+    [LEDGER_SCHEMA.field(name) for name in ("hash", "key_id", "reason", "detail", "request_id", "try_number")]
+)
