@@ -1,0 +1,334 @@
+"""The emulator's state: keys, root keys, APIs, migrations, identities, rate-limit windows, the request log.
+
+:class:`Store` holds what Unkey's database would (one lock around everything a request reads or
+commits), :class:`RateLimiter` the workspaces' fixed windows, :class:`RequestLog` every request the
+emulator answered. Each has its own lock; none knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from airflow_provider_unkey import rules
+
+#: What :meth:`UnkeyEmulator.add_root_key` grants unless told otherwise.
+DEFAULT_ROOT_KEY_PERMISSIONS: Final = ("api.*.create_key", "api.*.verify_key", "api.*.read_api")
+
+# Unkey ids are base58 after a prefix; a byte-translation table makes them ~free to generate in bulk
+# (the slight modulo bias is irrelevant for an emulator).
+_B58: Final = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_TABLE: Final = bytes.maketrans(bytes(range(256)), bytes(_B58[i % 58] for i in range(256)))
+_ID_LENGTH: Final = 22
+
+
+def random_ids(prefix: str, n: int) -> list[str]:
+    """``n`` fresh Unkey-style ids: ``prefix`` then 22 base58 characters."""
+    raw = os.urandom(_ID_LENGTH * n).translate(_B58_TABLE).decode("ascii")
+    return [prefix + raw[i : i + _ID_LENGTH] for i in range(0, _ID_LENGTH * n, _ID_LENGTH)]
+
+
+def random_id(prefix: str) -> str:
+    """One fresh Unkey-style id: ``prefix`` then 22 base58 characters."""
+    return prefix + os.urandom(_ID_LENGTH).translate(_B58_TABLE).decode("ascii")
+
+
+def sha256_base64(plaintext: str) -> str:
+    """Unkey's native hash of a key: standard padded base64 of the SHA-256 digest of the whole key.
+
+    :param plaintext: the key as the user presents it.
+    :return: 44 characters ending in ``=``.
+    """
+    return base64.b64encode(hashlib.sha256(plaintext.encode()).digest()).decode("ascii")
+
+
+def seam_hash(plaintext: str) -> str:
+    """The hash ``github.com/seamapi/prefixed-api-key`` stores: hex SHA-256 of the long token.
+
+    :param plaintext: a key shaped ``<prefix>_<shortToken>_<longToken>``.
+    :return: 64 lowercase hex characters.
+    """
+    return hashlib.sha256(plaintext.rsplit("_", 1)[-1].encode()).hexdigest()
+
+
+# --- public data ---------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class StoredKey:
+    """A key in the emulator's store, with every field as the migration request carried it.
+
+    A field the request left out is ``None``. ``credits_remaining`` and ``native_hash`` are the state
+    later verifications change: the store holds a key under ``hash`` until a seam-hashed key is
+    rehashed, then under ``native_hash`` only (the seam hash is gone, as in Unkey's database).
+    """
+
+    hash: str
+    key_id: str
+    workspace_id: str
+    api_id: str | None
+    migration_id: str | None
+    name: str | None = None
+    externalId: str | None = None
+    meta: dict[str, Any] | None = None
+    roles: list[str] | None = None
+    permissions: list[str] | None = None
+    expires: int | None = None
+    enabled: bool | None = None
+    credits: dict[str, Any] | None = None
+    ratelimits: list[dict[str, Any]] | None = None
+    #: Credits left now (``None`` = unlimited); decremented by valid verifications.
+    credits_remaining: int | None = None
+    #: Unkey's native hash, set when a seam-hashed key is rehashed on its first valid verification
+    #: (which also clears its pending migration: the seam hash then resolves to nothing).
+    native_hash: str | None = None
+
+    @property
+    def external_id(self) -> str | None:
+        """``externalId`` under a Python name."""
+        return self.externalId
+
+    def request_fields(self) -> dict[str, Any]:
+        """The key object as the migration request sent it (only the fields it carried)."""
+        return {name: getattr(self, name) for name in rules.KEY_FIELDS if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request the emulator answered (or deliberately did not).
+
+    :param status: the HTTP status sent, or ``"reset"`` / ``"dropped_after_commit"``.
+    :param hashes: every hash of a ``keys.migrateKeys`` body (empty for other requests and for
+        requests whose body was never read: 413s and resets).
+    :param started: :func:`time.monotonic` when the request line was read.
+    :param finished: :func:`time.monotonic` just before the answer was written.
+    :param fault: the fault that shaped the answer (``"latency"``, ``"error"``, ``"rate_limit_storm"``,
+        ``"reset"``, ``"drop_after_commit"``), else ``None``.
+    """
+
+    method: str
+    path: str
+    status: int | str
+    request_id: str
+    hashes: tuple[str, ...]
+    started: float
+    finished: float
+    fault: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds between reading the request and answering it."""
+        return self.finished - self.started
+
+
+# --- the store -----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RootKey:
+    """A root key: its workspace and the permissions it holds."""
+
+    workspace_id: str
+    permissions: frozenset[str]
+
+    def may(self, action: str, api_id: str | None) -> bool:
+        """Whether the key may do ``action`` on ``api_id`` (``api.*.<action>`` covers every API)."""
+        if f"api.*.{action}" in self.permissions:
+            return True
+        return api_id is not None and f"api.{api_id}.{action}" in self.permissions
+
+    def may_at_all(self, action: str) -> bool:
+        """Whether the key may do ``action`` on some API."""
+        suffix = f".{action}"
+        return any(p.startswith("api.") and p.endswith(suffix) for p in self.permissions)
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """An API (a keyspace) of a workspace."""
+
+    workspace_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """A migration id registered for a workspace, with its hash algorithm."""
+
+    workspace_id: str
+    algorithm: str
+
+
+class Store:
+    """What Unkey's database holds, behind one lock (:attr:`lock`) around everything a request reads
+    or commits. Routes read and write the dictionaries while holding it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.root_keys: dict[str, RootKey] = {}
+        self.apis: dict[str, Api] = {}
+        self.migrations: dict[str, Migration] = {}
+        # The hash index: the one hash each key is stored under now (as migrated, or its native hash
+        # once a seam key was rehashed). Unique across workspaces, like Unkey's hash column.
+        self.keys: dict[str, StoredKey] = {}
+        self.identities: dict[tuple[str, str], str] = {}
+
+    def add_root_key(self, key: str, workspace_id: str, permissions: Iterable[str]) -> None:
+        """Register a root key of ``workspace_id`` holding ``permissions``."""
+        perms = frozenset([permissions] if isinstance(permissions, str) else permissions)
+        with self.lock:
+            self.root_keys[key] = RootKey(workspace_id, perms)
+
+    def add_api(self, api_id: str, workspace_id: str, name: str | None) -> None:
+        """Register an API in ``workspace_id``; ``name`` defaults to the id."""
+        with self.lock:
+            self.apis[api_id] = Api(workspace_id, name or api_id)
+
+    def add_migration(self, migration_id: str, workspace_id: str, algorithm: str) -> None:
+        """Register a migration id; :raises ValueError: for an unknown algorithm."""
+        normalised = rules.canonical_algorithm(algorithm)
+        with self.lock:
+            self.migrations[migration_id] = Migration(workspace_id, normalised)
+
+    def add_existing_hash(self, hash: str, workspace_id: str) -> StoredKey:
+        """Store a key with no API and no migration; :raises ValueError: when the hash exists."""
+        key = StoredKey(hash, random_id("key_"), workspace_id, None, None)
+        with self.lock:
+            if hash in self.keys:
+                raise ValueError(f"a key with hash {hash!r} already exists")
+            self.keys[hash] = key
+        return key
+
+    def snapshot(self) -> dict[str, StoredKey]:
+        """A copy of the hash index."""
+        with self.lock:
+            return dict(self.keys)
+
+    def identity_id(self, workspace_id: str, external_id: str) -> str:
+        """The id of the identity of ``external_id``, created on first use. Call with :attr:`lock` held."""
+        ident_key = (workspace_id, external_id)
+        identity_id = self.identities.get(ident_key)
+        if identity_id is None:
+            identity_id = self.identities[ident_key] = random_id("id_")
+        return identity_id
+
+
+# --- rate limiting -------------------------------------------------------------------------------------
+def check_rate_limit(limit: int | None, window: float) -> None:
+    """:raises ValueError: for a negative limit or a window that is not positive."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"rate_limit must be >= 0, got {limit!r}")
+    if window <= 0:
+        raise ValueError(f"rate_limit_window must be > 0, got {window!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A workspace's rate-limit state as one answer reports it."""
+
+    limit: int
+    remaining: int
+    reset: int  # whole seconds until the window frees capacity (not a timestamp)
+    allowed: bool
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``."""
+        return (
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(self.remaining)),
+            ("RateLimit-Reset", str(self.reset)),
+        )
+
+
+class RateLimiter:
+    """A fixed window of ``limit`` requests per ``window`` seconds for each workspace.
+
+    :param clock: monotonic seconds; a test can pass one it advances itself.
+    """
+
+    def __init__(self, limit: int | None, window: float, clock: Callable[[], float]) -> None:
+        check_rate_limit(limit, window)
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, list[float]] = {}  # workspace -> [window start, count]
+
+    def configure(self, limit: int | None, window: float) -> None:
+        """Set the limit and window (thread-safe); every workspace starts a fresh window."""
+        check_rate_limit(limit, window)
+        with self._lock:
+            self.limit, self.window = limit, window
+            self._windows.clear()
+
+    def count(self, workspace_id: str) -> Quota | None:
+        """Count one request against its workspace's window; ``None`` while no limit is set.
+
+        A refused request does not count: the window frees capacity at its end either way.
+        """
+        if self.limit is None:
+            return None
+        with self._lock:
+            limit, window = self.limit, self.window
+            if limit is None:
+                return None
+            now = self._clock()
+            current = self._windows.get(workspace_id)
+            # Elapsed time, not the window's end: ``start + window - now`` can round above the window.
+            if current is None or now - current[0] >= window:
+                current = self._windows[workspace_id] = [now, 0.0]
+            allowed = current[1] < limit
+            if allowed:
+                current[1] += 1
+            used, left = int(current[1]), window - (now - current[0])
+        return Quota(limit, limit - used, max(1, math.ceil(left)), allowed)
+
+    def exhausted(self, reset: int) -> Quota:
+        """The quota a 429 fault reports: none left, capacity back in ``reset`` seconds."""
+        limit = self.limit
+        return Quota(0 if limit is None else limit, 0, reset, allowed=False)
+
+
+# --- the request log -----------------------------------------------------------------------------------
+class RequestLog:
+    """Every request answered, oldest first, with counters by hash and by status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[RequestRecord] = []
+        self._hash_counts: Counter[str] = Counter()
+        self._status_counts: Counter[int | str] = Counter()
+
+    def record(self, record: RequestRecord) -> None:
+        """Append one request."""
+        with self._lock:
+            self._requests.append(record)
+            self._status_counts[record.status] += 1
+            if record.hashes:
+                self._hash_counts.update(record.hashes)
+
+    def requests(self) -> list[RequestRecord]:
+        """A copy of the log."""
+        with self._lock:
+            return list(self._requests)
+
+    def hash_counts(self) -> Counter[str]:
+        """A copy of the count of each hash."""
+        with self._lock:
+            return Counter(self._hash_counts)
+
+    def status_counts(self) -> Counter[int | str]:
+        """A copy of the count of each status."""
+        with self._lock:
+            return Counter(self._status_counts)
+
+    def clear(self) -> None:
+        """Forget every request and count."""
+        with self._lock:
+            self._requests.clear()
+            self._hash_counts.clear()
+            self._status_counts.clear()
