@@ -54,8 +54,9 @@ def make_bodies(n_keys: int, batch: int, shape: str) -> list[bytes]:
     return bodies
 
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    """The emulator CLI in a subprocess, and its URL (the first line it prints)."""
+def start_emulator(*extra_args: str) -> tuple[subprocess.Popen[str], str]:
+    """The emulator CLI in a subprocess (with ``extra_args``, e.g. ``--latency 0.05``), and its URL
+    (the first line it prints)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -69,6 +70,7 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
             API_ID,
             "--migration-id",
             MIGRATION_ID,
+            *extra_args,
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -40,22 +40,14 @@ from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration.engine import run_migration
 from airflow_provider_unkey.migration.hashes import encode
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter, read_ledger
-from benchmarks.emulator_throughput import API_ID, MIGRATION_ID, ROOT_KEY
+from benchmarks.emulator_throughput import API_ID, MIGRATION_ID, ROOT_KEY, start_emulator
 
 WIRE = "sha256_base64"
 
 
 def emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
-    """The emulator CLI with ``latency`` seconds added per request, and its URL (its first line)."""
-    args = ["--port", "0", "--root-key", ROOT_KEY, "--api-id", API_ID, "--migration-id", MIGRATION_ID]
-    cmd = [sys.executable, "-m", "airflow_provider_unkey.testing", *args, "--latency", str(latency)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "http://" not in line:
-        proc.kill()
-        raise RuntimeError(f"the emulator did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[-1].strip()
+    """The emulator CLI with ``latency`` seconds added per request, and its URL."""
+    return start_emulator("--latency", str(latency))
 
 
 def key_batches(n_keys: int, seed: int, rows_per_batch: int = 65_536) -> list[pa.RecordBatch]:
