@@ -1,0 +1,306 @@
+"""Sending: post batches concurrently, split the ones Unkey rejects as a whole, record every outcome.
+
+Nothing here imports Airflow. :class:`MigrationEngine` hands request bodies built by
+:class:`~airflow_provider_unkey.migration.batching.Batcher` to ``max_concurrency`` worker threads; what
+a request that still fails after the client's retries means is decided in
+:mod:`~airflow_provider_unkey.migration.failures`; each key's outcome goes to the
+:class:`~airflow_provider_unkey.migration.outcomes.OutcomeWriter`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
+from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyError, UnkeyTransportError
+from airflow_provider_unkey.migration.batching import Batch, Batcher
+from airflow_provider_unkey.migration.failures import (
+    SPLIT_WITHOUT_RETRY,
+    Action,
+    MigrationAborted,
+    _named_keys,
+    _what_to_fix,
+    classify,
+)
+from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Stage
+from airflow_provider_unkey.migration.reporting import Progress
+
+log = logging.getLogger(__name__)
+
+#: Chosen from the benchmarks (see docs/benchmarks.md).
+DEFAULT_MAX_CONCURRENCY = 4
+#: Added to a failure's detail when a request carrying the key got no response.
+_MAYBE_CREATED = (
+    "; a request carrying this key got no response, so Unkey may have created it (a rerun reports it as"
+    " already_exists)"
+)
+
+
+class MigrationEngine:
+    """Sends batches concurrently and records each key's outcome.
+
+    A batch Unkey rejects as a whole (400, or a 500, 408 or 413 that persists after retries) is split
+    in halves until the offending keys are isolated, so one bad key costs only itself; a 400 whose
+    ``errors[]`` names key indexes drops those keys at once. 401, 403 and 404 stop the run: no further
+    batch goes out, keys not yet sent are recorded ``not_sent``, and :class:`MigrationAborted` says what
+    to fix.
+
+    :param client: the Unkey client (its pool should hold ``max_concurrency`` connections).
+    :param batcher: builds request bodies.
+    :param writer: where outcomes go.
+    :param max_concurrency: requests in flight at once.
+    :param retry: the retry policy for batches (default: the client's).
+    :param progress: logs progress between batches.
+    :param abort_event: set when the run must stop; the source should stop reading then.
+    :param resumed_try: this run resumes a task instance whose try ``resumed_try`` stopped: hashes
+        Unkey reports as existing are reported ``unconfirmed`` (that try may have sent them before it
+        could record their outcome), not ``already_exists``.
+    """
+
+    def __init__(
+        self,
+        client: UnkeyClient,
+        migration_id: str,
+        api_id: str,
+        batcher: Batcher,
+        writer: OutcomeWriter,
+        *,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retry: RetryPolicy | None = None,
+        progress: Progress | None = None,
+        abort_event: threading.Event | None = None,
+        resumed_try: int | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.client = client
+        self.migration_id = migration_id
+        self.api_id = api_id
+        self.batcher = batcher
+        self.writer = writer
+        self.max_concurrency = max_concurrency
+        # A 500 for a batch of several keys is most often about one of them: split at once rather than
+        # wait through every retry. A 408 is the 60 s server timeout: halves finish sooner, while
+        # retrying the whole batch would cost up to 60 s an attempt. A single key gets the whole
+        # policy: its 500 or 408 may be transient.
+        self.single_retry = retry or client.retry
+        self.batch_retry = dataclasses.replace(
+            self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | SPLIT_WITHOUT_RETRY
+        )
+        self.progress = progress
+        self.resumed_try = resumed_try
+        self.requests = 0
+        self.batches = 0
+        self._abort = abort_event or threading.Event()
+        self._fatal: UnkeyAPIError | None = None
+        self._lock = threading.Lock()
+        self._active = 0
+        self._idle = threading.Condition()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no batch is being sent (at most ``timeout`` seconds); say whether that happened."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    # --- one batch, in a worker thread -------------------------------------------------------------
+    def _not_sent(self, batch: Batch) -> None:
+        reason = f"not sent: the run stopped ({self._fatal})" if self._fatal else "not sent: the run stopped"
+        self.writer.failed(batch.hashes, batch.rows, Reason.NOT_SENT, Stage.SEND, reason)
+
+    def _record(
+        self,
+        batch: Batch,
+        migrated: list[tuple[str, str]],
+        failed: list[str],
+        request_id: str,
+        unanswered: int,
+    ) -> None:
+        index = {h: i for i, h in enumerate(batch.hashes)}
+        done: set[int] = set()
+        m_hashes, m_ids, m_rows = [], [], []
+        for h, key_id in migrated:
+            i = index.get(h)
+            if i is None or i in done:
+                log.warning("Unkey answered request %s with a hash it was not sent; ignored", request_id)
+                continue
+            done.add(i)
+            m_hashes.append(h)
+            m_ids.append(key_id)
+            m_rows.append(batch.rows[i])
+        self.writer.migrated(m_hashes, m_ids, m_rows, request_id)
+        f_idx = []
+        for h in failed:
+            i = index.get(h)
+            if i is not None and i not in done:
+                done.add(i)
+                f_idx.append(i)
+        if unanswered:
+            detail = (
+                f"Unkey reported the hash as existing after {unanswered} attempt(s) whose response was lost: "
+                "the key was most likely created by this run, but Unkey does not return its keyId"
+            )
+            reason = Reason.UNCONFIRMED
+        elif self.resumed_try is not None:
+            detail = (
+                f"Unkey reported the hash as existing, and the ledger holds no outcome for it: try "
+                f"{self.resumed_try} of this task stopped with requests in flight, so it most likely "
+                "created this key, but Unkey does not return its keyId"
+            )
+            reason = Reason.UNCONFIRMED
+        else:
+            detail, reason = "a key with this hash already exists in Unkey", Reason.ALREADY_EXISTS
+        self.writer.failed(
+            [batch.hashes[i] for i in f_idx],
+            [batch.rows[i] for i in f_idx],
+            reason,
+            Stage.SEND,
+            detail,
+            request_id,
+        )
+        missing = [i for i in range(len(batch)) if i not in done]
+        if missing:
+            self.writer.failed(
+                [batch.hashes[i] for i in missing],
+                [batch.rows[i] for i in missing],
+                Reason.REJECTED_BY_API,
+                Stage.SEND,
+                "Unkey's answer listed this hash neither as migrated nor as failed",
+                request_id,
+            )
+
+    def _send(self, batch: Batch) -> None:
+        # ``_active`` went up when the batch was handed to the pool (see run()).
+        try:
+            self._send_parts(batch)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _send_parts(self, batch: Batch) -> None:
+        stack = [batch]
+        while stack:
+            part = stack.pop()
+            if not len(part):
+                continue
+            if self._abort.is_set():
+                self._not_sent(part)
+                continue
+            try:
+                with self._lock:
+                    self.requests += 1
+                result = self.client.migrate_keys(
+                    self.migration_id,
+                    self.api_id,
+                    self.batcher.body(part),
+                    retry=self.batch_retry if len(part) > 1 else self.single_retry,
+                )
+            except (UnkeyAPIError, UnkeyTransportError) as exc:
+                action = classify(exc, len(part))
+                lost = exc.unanswered_attempts > 0
+                named = _named_keys(exc, len(part))
+                if action is Action.ABORT:
+                    assert isinstance(exc, UnkeyAPIError)  # only statuses abort
+                    with self._lock:
+                        if self._fatal is None:
+                            self._fatal = exc
+                    self._abort.set()
+                    self._not_sent(part)
+                elif named:  # a 400 that names its keys: drop them, send the rest
+                    assert isinstance(exc, UnkeyAPIError)
+                    self._reject(part, named, exc)
+                    stack.append(part.without(named, lost))
+                elif action is Action.SPLIT:
+                    stack.extend(reversed(part.halves(lost)))
+                elif action is Action.REJECT:
+                    assert isinstance(exc, UnkeyAPIError)
+                    self._reject(part, {0}, exc)
+                else:
+                    self._give_up(part, exc)
+            else:
+                self._record(
+                    part,
+                    result.migrated,
+                    result.failed,
+                    result.request_id,
+                    result.unanswered_attempts or int(part.maybe_committed),
+                )
+
+    def _reject(self, batch: Batch, indexes: set[int], exc: UnkeyAPIError) -> None:
+        for i in sorted(indexes):
+            prefix = f"body.keys[{i}]"
+            own = [
+                e
+                for e in exc.errors
+                if e.location == prefix
+                or e.location.startswith(prefix + ".")
+                or e.location.startswith(prefix + "[")
+            ]
+            if own:
+                detail = "; ".join(
+                    f"{e.location.removeprefix(prefix).lstrip('.') or 'key'}: {e.message}" for e in own
+                )
+            else:
+                detail = f"Unkey answered {exc.status}: {exc.detail or exc.title}"
+            if batch.maybe_committed or exc.unanswered_attempts:
+                detail += _MAYBE_CREATED
+            self.writer.failed(
+                [batch.hashes[i]], [batch.rows[i]], Reason.REJECTED_BY_API, Stage.SEND, detail, exc.request_id
+            )
+
+    def _give_up(self, batch: Batch, exc: UnkeyError) -> None:
+        request_id = exc.request_id if isinstance(exc, UnkeyAPIError) else None
+        detail = f"retries exhausted after {exc.attempts} attempt(s): {exc}"
+        if exc.unanswered_attempts:
+            detail += f"; {exc.unanswered_attempts} attempt(s) got no response"
+        if exc.unanswered_attempts or batch.maybe_committed:
+            detail += _MAYBE_CREATED
+        self.writer.failed(batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, detail, request_id)
+
+    # --- the run, in the calling thread ------------------------------------------------------------
+    def run(self, batches: Iterable[Batch]) -> None:
+        """Send every batch; return when all have an outcome.
+
+        At most ``2 * max_concurrency`` batches are held at once, so memory stays flat however long
+        the input is.
+
+        :raises MigrationAborted: after the in-flight batches ended, when Unkey refused the root key,
+            its permissions, the API or the migration.
+        """
+        in_flight: set[Future[None]] = set()
+        limit = 2 * self.max_concurrency
+        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="unkey-migrate") as pool:
+            try:
+                for batch in batches:
+                    if self._abort.is_set():
+                        # Keep draining: the source stops reading (it watches abort_event), and what
+                        # it had read gets its outcome.
+                        self._not_sent(batch)
+                        continue
+                    while len(in_flight) >= limit:
+                        done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()
+                        if self.progress:
+                            self.progress.maybe_log()
+                    self.batches += 1
+                    with self._idle:
+                        self._active += 1
+                    in_flight.add(pool.submit(self._send, batch))
+                    if self.progress:
+                        self.progress.maybe_log()
+                while in_flight:
+                    done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                    if self.progress:
+                        self.progress.maybe_log()
+            except BaseException:
+                self._abort.set()
+                raise
+        if self._fatal is not None:
+            raise MigrationAborted(_what_to_fix(self._fatal, self.migration_id, self.api_id), self._fatal)
