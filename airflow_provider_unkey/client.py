@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import http.client
 import ipaddress
 import json
 import logging
 import math
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
@@ -244,6 +247,63 @@ def _parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     return max(0.0, number)
 
 
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it wraps: ``__cause__``, else ``__context__`` (requests raises its errors
+    inside urllib3's ``except`` blocks), and a ``MaxRetryError``'s ``reason``; each exception once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        reason = (
+            getattr(current, "reason", None)
+            if isinstance(current, urllib3.exceptions.MaxRetryError)
+            else None
+        )
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            current = reason
+        else:
+            current = current.__cause__ or current.__context__
+
+
+#: Failures before a byte of the request was written: no connection (refused, unreachable, DNS) or
+#: no connection in time. urllib3's ``NewConnectionError`` and ``NameResolutionError`` are
+#: ``ConnectTimeoutError``s; ``socket.gaierror`` is an ``OSError`` that is not ``ConnectionError``.
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectTimeout,
+    urllib3.exceptions.ConnectTimeoutError,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
+#: Failures once the connection was up: the request was (or may have been) written, so the server
+#: may have committed it. ``ProtocolError`` is urllib3's "Connection aborted." around a reset, a
+#: ``RemoteDisconnected`` or a broken pipe; ``ReadTimeoutError`` a response that did not come in time.
+_MAY_BE_SENT: tuple[type[BaseException], ...] = (
+    requests.exceptions.ReadTimeout,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+
+
+def may_have_been_sent(exc: BaseException) -> bool:
+    """Whether a transport failure may have come after the request reached the server.
+
+    Decided from the exception chain, outermost first: the first exception that tells a failure before
+    the request was written (connect timeout, refused, DNS) from one after (reset, remote disconnect,
+    read timeout) decides. A chain that tells neither (a TLS error, a closed pool) counts as sent: the
+    answer that never loses a committed request.
+    """
+    for link in _exception_chain(exc):
+        if isinstance(link, _NOT_SENT):
+            return False
+        if isinstance(link, _MAY_BE_SENT):
+            return True
+    return True
+
+
 class UnkeyClient:
     """A thread-safe client for Unkey's key-migration calls.
 
@@ -376,15 +436,17 @@ class UnkeyClient:
                 timeout=self.timeout,
             )
         except requests.exceptions.ConnectTimeout as exc:
-            raise UnkeyTransportError(f"connect timeout to {self.base_url}: {exc}", sent=False) from None
-        except requests.exceptions.Timeout as exc:
-            raise UnkeyTransportError(f"read timeout from {self.base_url}{path}: {exc}", sent=True) from None
-        except requests.exceptions.ConnectionError as exc:
-            # A refused connection never reached the server; a reset or a dropped response may have.
-            text = str(exc)
-            sent = "refused" not in text.lower() and "NewConnectionError" not in text
             raise UnkeyTransportError(
-                self._redact(f"connection error on {self.base_url}{path}: {text}"), sent=sent
+                self._redact(f"connect timeout to {self.base_url}: {exc}"), sent=may_have_been_sent(exc)
+            ) from None
+        except requests.exceptions.Timeout as exc:
+            raise UnkeyTransportError(
+                self._redact(f"read timeout from {self.base_url}{path}: {exc}"), sent=may_have_been_sent(exc)
+            ) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise UnkeyTransportError(
+                self._redact(f"connection error on {self.base_url}{path}: {exc}"),
+                sent=may_have_been_sent(exc),
             ) from None
         if response.status_code >= 400:
             self._raise_for_error(response)

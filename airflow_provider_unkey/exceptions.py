@@ -34,7 +34,9 @@ class UnkeyTransportError(UnkeyError):
 
     :param message: what happened.
     :param sent: whether the request may have reached the server. When true, the server may have
-        committed it (a ``migrateKeys`` batch may exist although no response arrived).
+        committed it (a ``migrateKeys`` batch may exist although no response arrived). The client
+        decides it from the exception chain (``client.may_have_been_sent``): false only for a failure
+        to connect (refused, DNS, connect timeout).
     """
 
     def __init__(self, message: str, *, sent: bool) -> None:

@@ -2,15 +2,25 @@
 
 Nothing here sleeps or reads a real clock: :class:`FakeClock` stands in for tenacity's clock and sleep,
 so the tests assert the waits the client chose, never the time they took.
+
+The last part fails real requests (a closed port, a reset, a full backlog) to check that whether a
+request may have been sent is read from the exception chain; two of them wait out a 0.2 s socket
+timeout, and none asserts how long anything took.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import errno
 import functools
+import http.client
 import json
 import math
 import os
+import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +28,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 import pytest
+import requests
 import tenacity
+import urllib3.exceptions
+import urllib3.util.connection
 
 from airflow_provider_unkey import client as client_module
 from airflow_provider_unkey.client import RetryPolicy, UnkeyClient, _parse_retry_after
@@ -27,6 +40,7 @@ from airflow_provider_unkey.exceptions import (
     UnkeyRateLimitError,
     UnkeyRequestTimeoutError,
     UnkeyServerError,
+    UnkeyTransportError,
 )
 
 #: A fixed "now" for the parser: 2027-01-15T08:00:00Z.
@@ -341,3 +355,258 @@ def test_errors_raised_after_retries_keep_their_type(clock: FakeClock) -> None:
     _, server = migrate([(503, {})] * 5)
     assert isinstance(server, UnkeyServerError) and server.attempts == EXACT.max_attempts
     assert clock.sleeps == [1.0] * 4 + [0.25] * 4
+
+
+# --- "may the request have reached the server?", from the exception chain -------------------------
+# Each case fails a real request the way it fails in production, so that requests and urllib3 build
+# the exception chain themselves; the client must read ``sent`` from that chain, not from its text.
+# A connect timeout needs a peer that drops SYNs: a listening socket whose backlog is full does
+# (Linux). A blackhole address is no use here: a sandbox's proxy may answer it.
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one request (headers and a ``Content-Length`` body) off ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
+
+
+def _close_at_once(conn: socket.socket) -> None:
+    conn.close()
+
+
+def _read_then_close(conn: socket.socket) -> None:
+    _read_request(conn)
+    conn.close()
+
+
+def _read_then_reset(conn: socket.socket) -> None:
+    _read_request(conn)
+    # SO_LINGER with a zero timeout: close() sends an RST instead of a FIN.
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def _read_then_hang(conn: socket.socket) -> None:
+    _read_request(conn)
+    conn.recv(1)  # until the client gives up and closes
+    conn.close()
+
+
+class RawServer:
+    """A TCP listener on loopback that hands each accepted connection to ``behave``, or, with
+    ``accept=False``, never accepts and keeps its backlog full, so that a further connect times out."""
+
+    def __init__(self, behave: Any = None, *, accept: bool = True) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0 if not accept else 8)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.behave = behave
+        self.fillers: list[socket.socket] = []
+        self.thread: threading.Thread | None = None
+        if accept:
+            self.thread = threading.Thread(target=self._serve, daemon=True)
+            self.thread.start()
+        else:
+            # Fill the accept queue (and the SYN queue behind it); nobody ever accepts.
+            for _ in range(4):
+                filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", self.port))
+                self.fillers.append(filler)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self.behave, args=(conn,), daemon=True).start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for filler in self.fillers:
+            filler.close()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _closed_port_url() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _transport_error(
+    url: str, clock: FakeClock, timeout: tuple[float, float] = (5.0, 5.0)
+) -> tuple[UnkeyTransportError, list[BaseException]]:
+    """Two attempts of one request to ``url``: the error, and the exception chain the client read."""
+    chain: list[BaseException] = []
+    decide = client_module.may_have_been_sent
+
+    def spy(exc: BaseException) -> bool:
+        chain[:] = list(client_module._exception_chain(exc))
+        return decide(exc)
+
+    policy = RetryPolicy(max_attempts=2, initial_wait=0.25, max_wait=0.25, jitter=0.0)
+    client = UnkeyClient("unkey_root_test", url, timeout=timeout, retry=policy)
+    with pytest.MonkeyPatch.context() as patch, client, pytest.raises(UnkeyTransportError) as info:
+        patch.setattr(client_module, "may_have_been_sent", spy)
+        client.migrate_keys("mig_test", "api_test", [{"hash": "abc"}])
+    assert info.value.attempts == 2
+    assert clock.sleeps == [0.25]
+    return info.value, chain
+
+
+def _holds(chain: list[BaseException], *types: type[BaseException]) -> bool:
+    return all(any(isinstance(link, t) for link in chain) for t in types)
+
+
+_Protocol, _ReadTimeout = urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError
+
+
+@pytest.mark.parametrize(
+    ("behave", "read_timeout", "links"),
+    [
+        # The connection was up and the request written: the server may have committed it.
+        pytest.param(_close_at_once, 5.0, (_Protocol,), id="accepts-and-closes"),
+        pytest.param(
+            _read_then_close, 5.0, (_Protocol, http.client.RemoteDisconnected), id="reads-then-closes"
+        ),
+        pytest.param(_read_then_reset, 5.0, (_Protocol, ConnectionResetError), id="reads-then-resets"),
+        pytest.param(
+            _read_then_hang, 0.2, (requests.exceptions.ReadTimeout, _ReadTimeout), id="read-timeout"
+        ),
+    ],
+)
+def test_a_failure_after_connecting_may_have_been_sent(
+    clock: FakeClock, behave: Any, read_timeout: float, links: tuple[type[BaseException], ...]
+) -> None:
+    with RawServer(behave) as server:
+        error, chain = _transport_error(server.url, clock, (5.0, read_timeout))
+    assert _holds(chain, *links), chain
+    assert error.sent is True and error.unanswered_attempts == 2
+
+
+def test_a_refused_connection_was_not_sent(clock: FakeClock) -> None:
+    error, chain = _transport_error(_closed_port_url(), clock)
+    assert _holds(chain, urllib3.exceptions.NewConnectionError, ConnectionRefusedError), chain
+    assert error.sent is False and error.unanswered_attempts == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a full listen backlog drops SYNs on Linux")
+def test_a_connect_timeout_was_not_sent(clock: FakeClock) -> None:
+    with RawServer(accept=False) as server:
+        error, chain = _transport_error(server.url, clock, (0.2, 5.0))
+    assert _holds(chain, requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError), chain
+    assert error.sent is False and error.unanswered_attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("raised", "sent", "link"),
+    [
+        # What the socket layer raises while connecting; urllib3 and requests wrap it as they do.
+        pytest.param(
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            False,
+            urllib3.exceptions.NameResolutionError,
+            id="dns",
+        ),
+        pytest.param(
+            TimeoutError("timed out"), False, requests.exceptions.ConnectTimeout, id="connect-timeout"
+        ),
+        pytest.param(
+            OSError(errno.ENETUNREACH, "Network is unreachable"),
+            False,
+            urllib3.exceptions.NewConnectionError,
+            id="unreachable",
+        ),
+        pytest.param(
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+            False,
+            urllib3.exceptions.NewConnectionError,
+            id="refused",
+        ),
+    ],
+)
+def test_sent_is_false_for_every_failure_to_connect(
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: BaseException,
+    sent: bool,
+    link: type[BaseException],
+) -> None:
+    def create_connection(*args: Any, **kwargs: Any) -> socket.socket:
+        raise raised
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", create_connection)
+    error, chain = _transport_error("http://127.0.0.1:9", clock)
+    assert _holds(chain, link), chain
+    assert error.sent is sent and error.unanswered_attempts == (2 if sent else 0)
+
+
+def _wrapped_as_requests_does(error: BaseException) -> requests.exceptions.ConnectionError:
+    """``error`` wrapped as requests wraps urllib3's: raised inside the ``except`` that caught it."""
+    try:
+        try:
+            raise error
+        except Exception as err:
+            raise requests.exceptions.ConnectionError(err)  # noqa: B904 (requests chains implicitly)
+    except requests.exceptions.ConnectionError as wrapped:
+        return wrapped
+
+
+def _refused(message: str) -> BaseException:
+    error = urllib3.exceptions.NewConnectionError(None, message)  # type: ignore[arg-type]
+    error.__cause__ = ConnectionRefusedError(errno.ECONNREFUSED, message)
+    return urllib3.exceptions.MaxRetryError(None, "/", error)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "sent"),
+    [
+        # The words that once decided, in chains that say otherwise: the chain wins.
+        pytest.param(
+            urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError("refused")),
+            True,
+            id="reset-worded-refused",
+        ),
+        pytest.param(
+            urllib3.exceptions.ProtocolError("NewConnectionError", http.client.RemoteDisconnected("x")),
+            True,
+            id="disconnect-worded-new-connection",
+        ),
+        pytest.param(_refused("Connection reset by peer"), False, id="refused-worded-reset"),
+        pytest.param(
+            _refused("Remote end closed connection without response"), False, id="refused-worded-closed"
+        ),
+        # A chain that tells neither (a closed pool, a TLS error) counts as sent: that loses nothing.
+        pytest.param(urllib3.exceptions.ClosedPoolError(None, "closed"), True, id="closed-pool"),  # type: ignore[arg-type]
+        pytest.param(urllib3.exceptions.SSLError("bad record mac"), True, id="tls"),
+    ],
+)
+def test_the_chain_decides_not_the_message(error: BaseException, sent: bool) -> None:
+    assert client_module.may_have_been_sent(_wrapped_as_requests_does(error)) is sent
