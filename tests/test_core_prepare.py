@@ -1195,3 +1195,49 @@ def test_expires_as_iso_text() -> None:
     assert prepared.rows.tolist() == [0, 1, 2, 3]
     assert all(b'"expires":1924992000000' in key for key in prepared.keys)
     assert rejects.rows == [4] and rejects.details[0].startswith("expires: must be a timestamp")
+
+
+#: A ratelimit item with ``limit`` written as given.
+def _rl_text(limit: str) -> str:
+    return '[{"name":"abc","limit":' + limit + ',"duration":1000,"autoApply":true}]'
+
+
+#: JSON text where a parser could differ from Python's strict decoder (orjson does on big integers, lone
+#: surrogate escapes and nesting depth): what the preparer accepts, and the value it sends.
+JSON_EDGES = [
+    ("meta", '{"a":1,"a":2}', {"a": 2}),
+    ("meta", '{"big":123456789012345678901234567890}', {"big": 123456789012345678901234567890}),
+    ("meta", '{"neg":-9223372036854775809}', {"neg": -9223372036854775809}),
+    ("meta", '{"s":"\\ud800"}', {"s": "\ud800"}),
+    ("meta", ' {"a":1}\n', {"a": 1}),
+    ("meta", '{"d":' + "[" * 100 + "]" * 100 + "}", None),
+    ("meta", '{"d":' + "[" * 300 + "]" * 300 + "}", None),  # deep but within reach: accepted
+    ("meta", '{"d":' + "[" * 1010 + "]" * 1010 + "}", "meta: is not valid JSON"),
+    ("meta", '{"a":1} x', "meta: is not valid JSON"),
+    ("meta", '{"a":1,}', "meta: is not valid JSON"),
+    ("meta", '{"a":Infinity}', "meta: is not valid JSON (Infinity is not JSON)"),
+    ("meta", '{"a":-Infinity}', "meta: is not valid JSON (-Infinity is not JSON)"),
+    ("meta", '{"a":1e400}', "meta: is not valid JSON"),
+    ("meta", '{"a":"\x01"}', "meta: is not valid JSON"),
+    ("meta", '{"a":01}', "meta: is not valid JSON"),
+    ("ratelimits", _rl_text("5"), None),
+    ("ratelimits", _rl_text("18446744073709551616"), "ratelimits[0].limit"),
+    ("ratelimits", _rl_text("123456789012345678901234567890"), "ratelimits[0].limit"),
+    ("ratelimits", _rl_text("-9223372036854775809"), "ratelimits[0].limit"),
+    ("ratelimits", _rl_text("1,]"), "ratelimits: is not valid JSON"),
+    ("roles", '["a","b"]', ["a", "b"]),
+    ("roles", '["a","b",]', "roles: is not valid JSON"),
+    ("roles", '["\\ud800\\udc00"]', ["\U00010000"]),
+]
+
+
+@pytest.mark.parametrize(("field", "text", "want"), JSON_EDGES, ids=[repr(e[1])[:40] for e in JSON_EDGES])
+def test_json_text_is_read_as_the_strict_decoder_reads_it(field: str, text: str, want: Any) -> None:
+    _, rejects, keys = prepare({field: ["{}" if field == "meta" else "[]", text]})
+    if isinstance(want, str):
+        assert rejects.rows == [FIRST_ROW + 1], list(zip(rejects.rows, rejects.details, strict=True))
+        assert rejects.details[0].startswith(want), rejects.details[0]
+        return
+    assert len(rejects) == 0, list(zip(rejects.rows, rejects.details, strict=True))
+    if want is not None:
+        assert keys[1][field] == want
