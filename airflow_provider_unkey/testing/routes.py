@@ -42,6 +42,21 @@ PATH_LIVENESS: Final = "/v2/liveness"
 
 _NULL_REMAINING: Final = ".credits.remaining"  # where rules.server_violations reports the panic
 
+
+def _refused_body(
+    req: Request, body: Any, path: str, violations_of: Callable[[Any], list[rules.Violation]]
+) -> Reply | None:
+    """The 400 for a body that is not JSON or fails the route's schema; ``None`` for a good one."""
+    if body is INVALID_JSON:
+        return replies.invalid_json(req)
+    violations = violations_of(body)
+    if violations:
+        return replies.bad_request(
+            req, f"POST request body for '{path}' failed to validate schema", violations
+        )
+    return None
+
+
 #: A route: the request, its decoded body (or :data:`~.schemas.INVALID_JSON`) and its root key.
 Route = Callable[[Request, Any, RootKey], Reply]
 
@@ -82,13 +97,9 @@ class Routes:
 
     def migrate(self, req: Request, body: Any, root: RootKey) -> Reply:
         """``keys.migrateKeys``: all or nothing, hashes that exist anywhere in ``failed``."""
-        if body is INVALID_JSON:
-            return replies.invalid_json(req)
-        violations = rules.schema_violations(body)
-        if violations:
-            return replies.bad_request(
-                req, f"POST request body for '{PATH_MIGRATE}' failed to validate schema", violations
-            )
+        refused = _refused_body(req, body, PATH_MIGRATE, rules.schema_violations)
+        if refused is not None:
+            return refused
         api_id: str = body["apiId"]
         migration_id: str = body["migrationId"]
         api = self._api_in_reach(req, root, "create_key", api_id)
@@ -165,13 +176,9 @@ class Routes:
 
     def verify(self, req: Request, body: Any, root: RootKey) -> Reply:
         """``keys.verifyKey``: by native hash first, then by the seam hash of ``migrationId``."""
-        if body is INVALID_JSON:
-            return replies.invalid_json(req)
-        violations = verify_violations(body)
-        if violations:
-            return replies.bad_request(
-                req, f"POST request body for '{PATH_VERIFY}' failed to validate schema", violations
-            )
+        refused = _refused_body(req, body, PATH_VERIFY, verify_violations)
+        if refused is not None:
+            return refused
         if not root.may_at_all("verify_key"):
             return replies.error(
                 req,
@@ -254,13 +261,9 @@ class Routes:
 
     def get_api(self, req: Request, body: Any, root: RootKey) -> Reply:
         """``apis.getApi``: the API's id and name."""
-        if body is INVALID_JSON:
-            return replies.invalid_json(req)
-        violations = get_api_violations(body)
-        if violations:
-            return replies.bad_request(
-                req, f"POST request body for '{PATH_GET_API}' failed to validate schema", violations
-            )
+        refused = _refused_body(req, body, PATH_GET_API, get_api_violations)
+        if refused is not None:
+            return refused
         api_id: str = body["apiId"]
         api = self._api_in_reach(req, root, "read_api", api_id)
         if isinstance(api, Reply):

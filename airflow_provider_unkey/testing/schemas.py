@@ -7,6 +7,7 @@ rules; ``keys.verifyKey`` and ``apis.getApi`` by the two functions here.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any, Final
 
 from airflow_provider_unkey import rules
@@ -44,15 +45,20 @@ def hashes_of(body: Any) -> tuple[str, ...]:
     return tuple(k["hash"] for k in keys if isinstance(k, dict) and isinstance(k.get("hash"), str))
 
 
+def _unknown_properties(body: dict[str, Any], allowed: Collection[str]) -> list[rules.Violation]:
+    """``additionalProperties: false``: one violation for each property the schema does not name."""
+    return [
+        rules.Violation(f"body.{name}", "additional property is not allowed")
+        for name in body
+        if name not in allowed
+    ]
+
+
 def verify_violations(body: Any) -> list[rules.Violation]:
     """``V2KeysVerifyKeyRequestBody``: the fields the emulator reads, checked to the letter."""
     if not isinstance(body, dict):
         return [rules.Violation("body", "must be an object")]
-    out = [
-        rules.Violation(f"body.{name}", "additional property is not allowed")
-        for name in body
-        if name not in _VERIFY_FIELDS
-    ]
+    out = _unknown_properties(body, _VERIFY_FIELDS)
     key = body.get("key")
     if "key" not in body:
         out.append(rules.Violation("body.key", "is required"))
@@ -91,11 +97,7 @@ def get_api_violations(body: Any) -> list[rules.Violation]:
     """``V2ApisGetApiRequestBody``: ``{apiId}``, 8-255 characters of ``[a-zA-Z0-9_]``."""
     if not isinstance(body, dict):
         return [rules.Violation("body", "must be an object")]
-    out = [
-        rules.Violation(f"body.{name}", "additional property is not allowed")
-        for name in body
-        if name != "apiId"
-    ]
+    out = _unknown_properties(body, {"apiId"})
     api_id = body.get("apiId")
     if "apiId" not in body:
         out.append(rules.Violation("body.apiId", "is required"))
