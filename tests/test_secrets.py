@@ -24,7 +24,7 @@ import requests
 from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyError
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
-from tests.test_client_retry import BackgroundServer
+from tests.test_client import BackgroundServer
 
 #: Retries without waiting: the leak test wants the retry log lines, not the time they take.
 NO_WAIT = RetryPolicy(max_attempts=2, initial_wait=0.0, max_wait=0.0, jitter=0.0)

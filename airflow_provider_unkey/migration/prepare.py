@@ -18,7 +18,7 @@ A row let through is a row the server accepts. The column-wise checks mirror the
 field, which holds because the rules judge each top-level field on its own (a rule across fields,
 such as a monthly refill's ``refillDay`` or a refill's integer ``remaining``, is mirrored where it
 lives: in ``credits``);
-``tests/test_core_prepare.py`` checks on random batches that the two paths write the same keys and
+``tests/migration/test_prepare.py`` checks on random batches that the two paths write the same keys and
 that every key let through passes the rules.
 """
 

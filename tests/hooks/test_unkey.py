@@ -31,7 +31,7 @@ from airflow_provider_unkey.exceptions import (
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.testing import UnkeyEmulator
 from tests.spec import assert_valid_request
-from tests.test_client_retry import install_fake_clock
+from tests.test_client import install_fake_clock
 
 ROOT_KEY = "unkey_root_test"
 API_ID = "api_test"

@@ -32,7 +32,7 @@ from airflow_provider_unkey.migration.ledger import (
 )
 from airflow_provider_unkey.migration.outcomes import Reason, Stage
 from airflow_provider_unkey.testing import UnkeyEmulator, seam_hash
-from tests.test_core_engine import API, FAST, MIGRATE, MIGRATION, ROOT, b64
+from tests.migration.test_engine import API, FAST, MIGRATE, MIGRATION, ROOT, b64
 
 TRY1 = LedgerScope("dag", "run_1", "migrate", -1, 1)
 

@@ -27,7 +27,7 @@ import pytest
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration.ledger import read_ledger
 from airflow_provider_unkey.testing import UnkeyEmulator, seam_hash
-from tests.test_crash import ROOT_KEY, Gate, result_of, runner
+from tests.operators.test_migrate_keys_crash import ROOT_KEY, Gate, result_of, runner
 
 API, MIGRATION = "api_test", "mig_test"
 

@@ -33,7 +33,7 @@ from airflow_provider_unkey.migration.engine import run_migration
 from airflow_provider_unkey.migration.ledger import read_ledger
 from airflow_provider_unkey.testing import UnkeyEmulator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROOT_KEY = "unkey_root_crash_7d1e"
 MIGRATE = "/v2/keys.migrateKeys"
 LOGICAL_DATE = "2026-06-01T00:00:00+00:00"
