@@ -251,3 +251,90 @@ def test_real_digests_end_in_every_canonical_tail() -> None:
     digests produce."""
     tails = {sha256_base64(f"tail-{i}")[42] for i in range(2000)}
     assert tails == set(rules.SHA256_BASE64_LAST_CHARS) == set("AEIMQUYcgkosw048")
+
+
+# --- the field table ----------------------------------------------------------------------------------
+def test_the_docs_field_table_is_current() -> None:
+    """``docs/api-rules.md`` shows the table as it is; regenerate it with the command the page names."""
+    from pathlib import Path
+
+    from airflow_provider_unkey.rules import docs
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api-rules.md").read_text()
+    assert docs.render(page) == page, (
+        "docs/api-rules.md is stale: run `python -m airflow_provider_unkey.rules.docs docs/api-rules.md`"
+    )
+
+
+def test_the_table_nests_by_path_and_lists_what_a_column_can_feed() -> None:
+    assert rules.KEY_FIELDS == (
+        "hash", "name", "externalId", "meta", "roles", "permissions", "expires", "enabled", "credits", "ratelimits",
+    )  # fmt: skip
+    credits = (
+        "credits.remaining",
+        "credits.refill.interval",
+        "credits.refill.amount",
+        "credits.refill.refillDay",
+    )
+    top = ("hash", "name", "externalId", "meta", "roles", "permissions", "expires", "enabled")
+    assert (*top, *credits, "ratelimits") == rules.MAPPABLE_PATHS
+    assert rules.members("credits") == ("remaining", "refill")
+    assert rules.members("credits.refill") == ("interval", "amount", "refillDay")
+    assert rules.field("ratelimits[].duration").minimum == 1000
+    assert rules.field("roles[]").parent == "roles" and rules.field("roles[]").name == "[]"
+
+
+def test_a_table_whose_parent_comes_late_is_refused() -> None:
+    from airflow_provider_unkey.rules.fields import Field, build_tree
+
+    with pytest.raises(ValueError, match="must come before it"):
+        build_tree(Field("", "object"), (Field("a.b", "string"), Field("a", "object")))
+    with pytest.raises(ValueError, match="a member of a string"):
+        build_tree(Field("", "object"), (Field("a", "string"), Field("a.b", "string")))
+
+
+@pytest.mark.parametrize("path", rules.MAPPABLE_PATHS[1:])
+def test_every_mappable_field_has_a_kernel_and_a_row_conversion(path: str) -> None:
+    """Chosen by JSON type from the table; both agree on a valid value and refuse a wrong one."""
+    import pyarrow as pa
+
+    from airflow_provider_unkey.migration.kernels import kernel_for
+    from airflow_provider_unkey.migration.row_values import converter_for
+
+    good: dict[str, Any] = {
+        "string": "monthly" if rules.field(path).enum else "abc",
+        "integer": 5 if path != "credits.refill.refillDay" else 3,
+        "boolean": True,
+        "object": '{"a": 1}',
+        "array": "[]",
+    }
+    entry = rules.field(path)
+    value = good[entry.type]
+    converted = kernel_for(entry, ",")(pa.array([value, None]))
+    assert converted.unsure.tolist() == [False, False]
+    assert converted.json.to_pylist()[1] is None
+    reference = converter_for(entry, ",")(value, path)
+    assert rules.value_ok(path)(reference), (path, reference)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "ok"),
+    [
+        ("name", "x" * 255, True),
+        ("name", "x" * 256, False),
+        ("roles", ["a", "a"], False),  # a duplicate role is a 500
+        ("credits.remaining", None, False),  # the schema's "unlimited" is the server's 500
+        ("credits", {"remaining": 1, "refill": {"interval": "monthly", "amount": 1}}, False),
+        ("credits", {"remaining": 1, "refill": {"interval": "monthly", "amount": 1, "refillDay": 2}}, True),
+        ("expires", 1.0, False),  # Go's int64 refuses a fraction
+        ("ratelimits[].limit", rules.INT64_MAX + 1, False),
+        ("ratelimits", [{"name": "abc", "limit": 1, "duration": 1000, "autoApply": True, "x": 1}], True),
+    ],
+)
+def test_value_ok_agrees_with_the_full_checks(path: str, value: Any, ok: bool) -> None:
+    assert rules.value_ok(path)(value) is ok
+    top, _, _ = path.partition(".")
+    if "[]" not in path and top == path:
+        key = {"hash": "abc", path: value}
+        full = rules.key_schema_violations(key) + rules.key_server_violations(key)
+        assert (full == []) is ok, full

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_unkey.rules import ALGORITHM_SHA256, SHA256_BASE64_LAST_CHARS, canonical_algorithm
+from airflow_provider_unkey.rules import HASH_FORMAT_TABLE, HASH_FORMATS, WIRE_FORMATS, canonical_algorithm
 
 __all__ = [
     "HASH_FORMATS",
@@ -28,11 +28,10 @@ __all__ = [
 ]
 
 HashFormat = Literal["sha256_base64", "sha256_hex"]
-HASH_FORMATS: tuple[str, ...] = ("sha256_base64", "sha256_hex")
 DIGEST_SIZE = 32
-_BASE64_RE = r"^[A-Za-z0-9+/]{43}=$"
-_HEX_RE = r"^[0-9a-fA-F]{64}$"
-_CANONICAL_LAST_RE = "^[" + "".join(sorted(SHA256_BASE64_LAST_CHARS)) + "]$"
+_BASE64 = HASH_FORMAT_TABLE["sha256_base64"]
+_HEX = HASH_FORMAT_TABLE["sha256_hex"]
+_CANONICAL_LAST_RE = "^[" + "".join(sorted(_BASE64.canonical_last or ())) + "]$"
 _HEX_LOOKUP = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX_LOOKUP[_c] = _i
@@ -43,7 +42,7 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 def wire_format(algorithm: str) -> HashFormat:
     """The hash format Unkey expects on the wire for a migration of ``algorithm``."""
-    return "sha256_base64" if canonical_algorithm(algorithm) == ALGORITHM_SHA256 else "sha256_hex"
+    return WIRE_FORMATS[canonical_algorithm(algorithm)]  # type: ignore[return-value]
 
 
 def _text(hashes: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -79,13 +78,13 @@ def format_mask(hashes: pa.Array | pa.ChunkedArray, hash_format: str) -> pa.Bool
     """
     hashes = _text(hashes)
     if hash_format == "sha256_base64":
-        mask = pc.fill_null(pc.match_substring_regex(hashes, _BASE64_RE), False)
+        mask = pc.fill_null(pc.match_substring_regex(hashes, _BASE64.pattern), False)
         # Canonical: the 43rd character is one of the 16 with the low two bits zero.
         last = pc.utf8_slice_codeunits(hashes, 42, 43)
         canonical = pc.fill_null(pc.match_substring_regex(last, _CANONICAL_LAST_RE), False)
         return pc.and_(mask, canonical)
     if hash_format == "sha256_hex":
-        return pc.fill_null(pc.match_substring_regex(hashes, _HEX_RE), False)
+        return pc.fill_null(pc.match_substring_regex(hashes, _HEX.pattern), False)
     raise ValueError(f"unknown hash_format {hash_format!r}: use one of {', '.join(HASH_FORMATS)}")
 
 
@@ -96,13 +95,13 @@ def digests(hashes: pa.Array | pa.ChunkedArray, hash_format: str) -> np.ndarray:
     if n == 0:
         return np.zeros((0, DIGEST_SIZE), dtype=np.uint8)
     if hash_format == "sha256_base64":
-        chars = _fixed_width_chars(hashes, 44).copy()
+        chars = _fixed_width_chars(hashes, _BASE64.width).copy()
         # 32 bytes are 43 characters and one '='; read them as 33 bytes whose last is zero.
         chars[:, 43] = ord("A")
         decoded = np.frombuffer(base64.b64decode(chars.tobytes(), validate=True), dtype=np.uint8)
         return decoded.reshape(n, 33)[:, :DIGEST_SIZE]
     if hash_format == "sha256_hex":
-        nibbles = _HEX_LOOKUP[_fixed_width_chars(hashes, 64)]
+        nibbles = _HEX_LOOKUP[_fixed_width_chars(hashes, _HEX.width)]
         packed: np.ndarray = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
         return packed
     raise ValueError(f"unknown hash_format {hash_format!r}")

@@ -355,10 +355,12 @@ def test_expires_from_timestamps_dates_and_integers() -> None:
     assert field_of(one("expires", seconds), "expires") == [JAN_2030_MS]
     dates = pa.array([dt.date(2030, 1, 1), None], pa.date32())
     assert field_of(one("expires", dates), "expires") == [JAN_2030_MS, "<absent>"]
-    assert field_of(one("expires", pa.array([JAN_2030_MS, 0, rules.EXPIRES_MAX])), "expires") == [
+    assert field_of(
+        one("expires", pa.array([JAN_2030_MS, 0, rules.field("expires").maximum])), "expires"
+    ) == [
         JAN_2030_MS,
         0,
-        rules.EXPIRES_MAX,
+        rules.field("expires").maximum,
     ]
     floats = pa.array([float(JAN_2030_MS), float("nan")])
     assert field_of(one("expires", floats), "expires") == [JAN_2030_MS, "<absent>"]
@@ -705,7 +707,11 @@ BAD_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("long permission", {"permissions": ["a", "p" * 129, "b"]}, "permissions[0]: must be at most 128"),
     ("expires negative", {"expires": [1, -1, 2]}, "expires: must be >= 0"),
-    ("expires past 2100", {"expires": [1, rules.EXPIRES_MAX + 1, 2]}, "expires: must be <= 4102444800000"),
+    (
+        "expires past 2100",
+        {"expires": [1, rules.field("expires").maximum + 1, 2]},
+        "expires: must be <= 4102444800000",
+    ),
     ("expires fraction", {"expires": [1.0, 1.5, 2.0]}, "expires: must be an integer, got 1.5"),
     ("expires infinite", {"expires": [1.0, float("inf"), 2.0]}, "expires: must be an integer, got inf"),
     ("expires boolean", {"expires": [None, False, None]}, "expires: must be an integer, got a boolean"),
@@ -958,7 +964,11 @@ MENUS: dict[str, list[tuple[pa.DataType, list[Any], list[Any]]]] = {
         (pa.large_list(pa.large_string()), [["a", "a"], [], None, ["x" * 128]], [["é"], ["a b"], [""]]),
     ],
     "expires": [
-        (pa.int64(), [0, JAN_2030_MS, rules.EXPIRES_MAX, None], [-1, rules.EXPIRES_MAX + 1]),
+        (
+            pa.int64(),
+            [0, JAN_2030_MS, rules.field("expires").maximum, None],
+            [-1, rules.field("expires").maximum + 1],
+        ),
         (
             pa.timestamp("us"),
             [dt.datetime(2030, 1, 1, 0, 0, 0, 1999), None],
@@ -1051,7 +1061,7 @@ def test_random_batches_lose_nothing_and_send_only_valid_keys(
     for field in fields:
         if field == "refill":
             refills = draw(REFILLS_GOOD, REFILLS_BAD)
-            for i, name in enumerate(rules.REFILL_FIELDS):
+            for i, name in enumerate(rules.members("credits.refill")):
                 columns[f"credits.refill.{name}"] = pa.array([r[i] for r in refills])
             # A null remaining count: no credits without a refill, a reject with one.
             columns.setdefault("credits.remaining", pa.array(draw([None, 0, 7], [])))
@@ -1104,7 +1114,7 @@ _REMAINING_COLUMNS: dict[str, Any] = {
         st.tuples(st.none() | st.integers(0, 2**53), st.sampled_from(REFILLS_GOOD)), min_size=1, max_size=24
     ),
     kind=st.sampled_from(sorted(_REMAINING_COLUMNS)),
-    refill_fields=st.sets(st.sampled_from(rules.REFILL_FIELDS)),
+    refill_fields=st.sets(st.sampled_from(rules.members("credits.refill"))),
 )
 def test_no_prepared_key_ever_carries_a_null_remaining(
     rows: list[tuple[int | None, tuple[Any, Any, Any]]], kind: str, refill_fields: set[str]
@@ -1113,7 +1123,7 @@ def test_no_prepared_key_ever_carries_a_null_remaining(
     remaining count with a refill is a reject naming ``credits.remaining``, without one it is no
     credits; and the column-wise path agrees with the row-by-row one (``check_invariants``)."""
     remaining = [r for r, _ in rows]
-    refills = [{name: r[i] for i, name in enumerate(rules.REFILL_FIELDS)} for _, r in rows]
+    refills = [{name: r[i] for i, name in enumerate(rules.members("credits.refill"))} for _, r in rows]
     types = {"interval": pa.string(), "amount": pa.int64(), "refillDay": pa.int64()}
     columns: dict[str, pa.Array] = {"credits.remaining": _REMAINING_COLUMNS[kind](remaining)}
     for name in sorted(refill_fields):
