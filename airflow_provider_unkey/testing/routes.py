@@ -146,23 +146,14 @@ class Routes:
                 if h in store:
                     failed.append(h)
                     continue
-                get = key.get
-                credits = get("credits")
+                credits = key.get("credits")
                 stored = StoredKey(
                     h,
                     key_id,
                     workspace_id,
                     api_id,
                     migration_id,
-                    get("name"),
-                    get("externalId"),
-                    get("meta"),
-                    get("roles"),
-                    get("permissions"),
-                    get("expires"),
-                    get("enabled"),
-                    credits,
-                    get("ratelimits"),
+                    {name: value for name, value in key.items() if name != "hash"},
                     credits["remaining"] if credits is not None else None,
                 )
                 store[h] = stored

@@ -14,7 +14,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from airflow_provider_unkey import rules
@@ -63,8 +63,10 @@ def seam_hash(plaintext: str) -> str:
 class StoredKey:
     """A key in the emulator's store, with every field as the migration request carried it.
 
-    A field the request left out is ``None``. ``credits_remaining`` and ``native_hash`` are the state
-    later verifications change: the store holds a key under ``hash`` until a seam-hashed key is
+    ``fields`` holds the key object's members other than ``hash``, whatever the field table
+    (:data:`rules.KEY_FIELD_TABLE`) allows; the properties read the ones the emulator acts on, and a
+    field the request left out reads as ``None``. ``credits_remaining`` and ``native_hash`` are the
+    state later verifications change: the store holds a key under ``hash`` until a seam-hashed key is
     rehashed, then under ``native_hash`` only (the seam hash is gone, as in Unkey's database).
     """
 
@@ -73,15 +75,7 @@ class StoredKey:
     workspace_id: str
     api_id: str | None
     migration_id: str | None
-    name: str | None = None
-    externalId: str | None = None
-    meta: dict[str, Any] | None = None
-    roles: list[str] | None = None
-    permissions: list[str] | None = None
-    expires: int | None = None
-    enabled: bool | None = None
-    credits: dict[str, Any] | None = None
-    ratelimits: list[dict[str, Any]] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
     #: Credits left now (``None`` = unlimited); decremented by valid verifications.
     credits_remaining: int | None = None
     #: Unkey's native hash, set when a seam-hashed key is rehashed on its first valid verification
@@ -89,13 +83,58 @@ class StoredKey:
     native_hash: str | None = None
 
     @property
+    def name(self) -> str | None:
+        """``name``, as sent."""
+        return self.fields.get("name")
+
+    @property
+    def externalId(self) -> str | None:
+        """``externalId``, as sent."""
+        return self.fields.get("externalId")
+
+    @property
     def external_id(self) -> str | None:
         """``externalId`` under a Python name."""
         return self.externalId
 
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        """``meta``, as sent."""
+        return self.fields.get("meta")
+
+    @property
+    def roles(self) -> list[str] | None:
+        """``roles``, as sent."""
+        return self.fields.get("roles")
+
+    @property
+    def permissions(self) -> list[str] | None:
+        """``permissions``, as sent."""
+        return self.fields.get("permissions")
+
+    @property
+    def expires(self) -> int | None:
+        """``expires`` (Unix ms), as sent."""
+        return self.fields.get("expires")
+
+    @property
+    def enabled(self) -> bool | None:
+        """``enabled``, as sent."""
+        return self.fields.get("enabled")
+
+    @property
+    def credits(self) -> dict[str, Any] | None:
+        """``credits``, as sent (the count left now is :attr:`credits_remaining`)."""
+        return self.fields.get("credits")
+
+    @property
+    def ratelimits(self) -> list[dict[str, Any]] | None:
+        """``ratelimits``, as sent."""
+        return self.fields.get("ratelimits")
+
     def request_fields(self) -> dict[str, Any]:
         """The key object as the migration request sent it (only the fields it carried)."""
-        return {name: getattr(self, name) for name in rules.KEY_FIELDS if getattr(self, name) is not None}
+        return {"hash": self.hash, **self.fields}
 
 
 @dataclass(frozen=True, slots=True)
