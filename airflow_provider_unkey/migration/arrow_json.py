@@ -109,12 +109,22 @@ def member(name: str, value: pa.Array) -> pa.Array:
     return pc.fill_null(concat(lit(f',"{name}":'), value), "")
 
 
-def object_of(members: list[pa.Array], present: np.ndarray) -> pa.Array:
-    """``{...}`` from :func:`member` fragments where ``present`` (some member is there), else null."""
-    joined = concat(*members) if len(members) > 1 else members[0]
-    # Every fragment starts with its comma: drop the first one.
-    body = pc.utf8_slice_codeunits(joined, 1)
-    return where(present, concat(lit("{"), body, lit("}")))
+def object_of(members: list[tuple[str, pa.Array]], present: np.ndarray, *, first_required: bool) -> pa.Array:
+    """``{"a":...,"b":...}`` per row from each member's JSON value (null where the row leaves it out).
+
+    :param members: ``(name, JSON value)`` in the order they are written.
+    :param present: the rows that have the object.
+    :param first_required: the first member is required. The object then starts with it, and is null
+        where it is (rows without the object, or rows that lack a required member: the row path
+        judges those); no optional member can lead, so there is no comma to drop.
+    :return: the object's JSON, null where the row has none.
+    """
+    if first_required:
+        (name, value), rest = members[0], members[1:]
+        return concat(lit(f'{{"{name}":'), value, *(member(n, v) for n, v in rest), lit("}"))
+    # Any member may be absent: every fragment carries its comma, and the leading one is dropped.
+    joined = concat(*(member(n, v) for n, v in members)) if len(members) > 1 else member(*members[0])
+    return where(present, concat(lit("{"), pc.utf8_ltrim(joined, ","), lit("}")))
 
 
 def join_lists(parents_counts: np.ndarray, items_json: pa.Array) -> pa.Array:

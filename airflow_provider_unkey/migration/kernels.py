@@ -29,7 +29,6 @@ from airflow_provider_unkey.migration.arrow_json import (
     join_lists,
     json_strings,
     lit,
-    member,
     np_mask,
     object_of,
     plain,
@@ -309,18 +308,17 @@ def object_array_kernel(entry: rules.Field) -> Kernel:
         items = pc.list_flatten(column)
         parents = pc.list_parent_indices(column).to_numpy().astype(np.int64)
         good = valid(items)
-        fragments = []
+        fields: list[tuple[str, pa.Array]] = []
         for m in members:
             converted = kernels[m.name](pc.struct_field(items, m.name))
-            member_json = converted.json
             if m.required:
-                good &= valid(member_json)
+                good &= valid(converted.json)
             good &= ~converted.unsure
-            fragments.append(member(m.name, member_json))
+            fields.append((m.name, converted.json))
         counts = np.bincount(parents, minlength=n)
         unsure = counts > max_items
         unsure[parents[~good]] = True
-        item_json = object_of(fragments, np.ones(len(items), dtype=bool))
+        item_json = object_of(fields, np.ones(len(items), dtype=bool), first_required=members[0].required)
         joined = join_lists(counts, pc.fill_null(item_json, "{}"))
         return FieldJson(where(present, joined), present & unsure)
 

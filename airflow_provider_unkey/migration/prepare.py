@@ -41,6 +41,7 @@ from airflow_provider_unkey.migration.arrow_json import (
     np_mask,
     object_of,
     plain,
+    valid,
 )
 from airflow_provider_unkey.migration.kernels import kernel_for
 from airflow_provider_unkey.migration.mapping import KEY_FIELD_PATHS, MappingError, resolve_mapping
@@ -234,42 +235,47 @@ class KeyPreparer:
             unsure |= converted.unsure
         parts: list[Any] = [lit('{"hash":"'), wire, lit('"')]
         for name in rules.KEY_FIELDS[1:]:
-            fragment = self._member(name, values, unsure)
-            if fragment is not None:
-                parts.append(fragment)
+            got = self._value(name, values, unsure)
+            if got is not None:
+                parts.append(member(name, got[0]))
         parts.append(lit("}"))
         keys = concat(*parts)
         unsure |= pc.binary_length(keys).to_numpy(zero_copy_only=False) > self.max_key_bytes
         return keys, unsure
 
-    def _member(self, path: str, values: dict[str, pa.Array], unsure: np.ndarray) -> pa.Array | None:
-        """``,"name":value`` (``""`` where the row leaves it out) for the member at ``path``, or None
-        when no column feeds it. An object assembled from its members' columns is there when any of
-        them is; rows that lack a member it requires are marked in ``unsure``."""
-        name = path.rpartition(".")[2]
+    def _value(
+        self, path: str, values: dict[str, pa.Array], unsure: np.ndarray
+    ) -> tuple[pa.Array, np.ndarray] | None:
+        """The JSON value at ``path`` per row (null where the row leaves it out) and the rows that have
+        it, or None when no column feeds it.
+
+        An object assembled from its members' columns (``credits``) is there when any member is; the
+        table's rules across its members are checked here, marking in ``unsure`` the rows that lack
+        a required member or one that another member's value requires (a monthly refill's day).
+        """
         if path in values:
-            return member(name, values[path])
-        children = rules.members(path) if rules.field(path).type == "object" else ()
-        fragments: dict[str, pa.Array] = {}
-        for child in children:
-            fragment = self._member(f"{path}.{child}", values, unsure)
-            if fragment is not None:
-                fragments[child] = fragment
-        if not fragments:
+            return values[path], valid(values[path])
+        if rules.field(path).type != "object":
             return None
-        present = np.zeros(len(unsure), dtype=bool)
-        for fragment in fragments.values():
-            present |= _nonempty(fragment)
-        for child in children:
-            entry = rules.field(f"{path}.{child}")
-            given = _nonempty(fragments[child]) if child in fragments else np.zeros_like(present)
+        got = {}
+        for name in rules.members(path):
+            value = self._value(f"{path}.{name}", values, unsure)
+            if value is not None:
+                got[name] = value
+        if not got:
+            return None
+        present = np.logical_or.reduce([mask for _, mask in got.values()])
+        for name in rules.members(path):
+            entry = rules.field(f"{path}.{name}")
+            given = got[name][1] if name in got else np.zeros_like(present)
             if entry.required:
                 unsure |= present & ~given
-            if entry.required_when is not None and entry.required_when[0] in fragments:
-                sibling, value = entry.required_when
-                said = np_mask(pc.equal(fragments[sibling], lit(f',"{sibling}":{wire_json(value)}')))
-                unsure |= said & ~given
-        return member(name, object_of(list(fragments.values()), present))
+            if entry.required_when is not None and entry.required_when[0] in got:
+                sibling, said = entry.required_when
+                unsure |= np_mask(pc.equal(got[sibling][0], lit(wire_json(said)))) & ~given
+        first = rules.field(f"{path}.{next(iter(got))}")
+        members = [(name, value) for name, (value, _) in got.items()]
+        return object_of(members, present, first_required=first.required), present
 
     # --- row by row ---------------------------------------------------------------------------------
     def _one_row(self, wire_hash: str, values: dict[str, Any]) -> bytes | str:
@@ -324,10 +330,6 @@ def _at(key: dict[str, Any], path: str) -> dict[str, Any] | None:
     for part in path.split(".") if path else ():
         target = target.get(part) if isinstance(target, dict) else None
     return target if isinstance(target, dict) else None
-
-
-def _nonempty(fragment: pa.Array) -> np.ndarray:
-    return np_mask(pc.greater(pc.binary_length(fragment), 0))
 
 
 def _wrong_format(declared: rules.HashFormat, other: rules.HashFormat) -> str:

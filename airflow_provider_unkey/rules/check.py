@@ -253,6 +253,8 @@ def _compile_value(node: Node) -> Check:
         return array_ok
     # an object
     max_props = f.max_properties if f.max_properties is not None else 2**63
+    if not node.members and not f.closed:
+        return lambda v: type(v) is dict and len(v) <= max_props  # meta: any object
     closed = frozenset(node.members) if f.closed else None
     required = frozenset(node.required)
     members = [(name, _compile(member)) for name, member in node.members.items()]
@@ -265,14 +267,13 @@ def _compile_value(node: Node) -> Check:
     def object_ok(v: Any) -> bool:
         if type(v) is not dict or len(v) > max_props:
             return False
-        if closed is not None and not closed.issuperset(v):
-            return False
-        if not required.issubset(v):
+        keys = v.keys()
+        if (closed is not None and not keys <= closed) or not required <= keys:
             return False
         for name, ok in members:
             if name in v and not ok(v[name]):
                 return False
-        return all(name in v or v.get(other) != value for name, other, value in conditional)
+        return not conditional or not any(name not in v and v.get(o) == x for name, o, x in conditional)
 
     return object_ok
 
