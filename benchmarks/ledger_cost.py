@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from airflow_provider_unkey.client import UnkeyClient
-from airflow_provider_unkey.migration.engine import run_migration
+from airflow_provider_unkey.migration.engine import MigrationConfig, run_migration
 from airflow_provider_unkey.migration.hashes import encode
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter, read_ledger
 from benchmarks.emulator_throughput import API_ID, MIGRATION_ID, ROOT_KEY, start_emulator
@@ -111,12 +111,10 @@ def migrate(
     summary = run_migration(
         iter(batches),
         client,
-        MIGRATION_ID,
-        API_ID,
+        MigrationConfig(MIGRATION_ID, API_ID, progress_interval=3600),
         work,
         ledger=ledger,
         known=known,
-        progress_interval=3600,
     )
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     done = summary.skipped if expect == "skipped" else summary.migrated

@@ -29,7 +29,7 @@ def measure(n: int) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     from airflow_provider_unkey.client import UnkeyClient
-    from airflow_provider_unkey.migration.engine import run_migration
+    from airflow_provider_unkey.migration.engine import MigrationConfig, run_migration
     from airflow_provider_unkey.migration.sources import ParquetSource
     from benchmarks.emulator_throughput import API_ID, MIGRATION_ID, ROOT_KEY, start_emulator
 
@@ -50,10 +50,8 @@ def measure(n: int) -> dict[str, float]:
             summary = run_migration(
                 ParquetSource(str(path)),
                 client,
-                MIGRATION_ID,
-                API_ID,
+                MigrationConfig(MIGRATION_ID, API_ID, progress_interval=3600),
                 Path(tmp) / "out",
-                progress_interval=3600,
             )
             elapsed = time.perf_counter() - t0
         finally:

@@ -28,7 +28,7 @@ import time
 import pyarrow as pa
 
 from airflow_provider_unkey.client import UnkeyClient
-from airflow_provider_unkey.migration.engine import run_migration
+from airflow_provider_unkey.migration.engine import MigrationConfig, run_migration
 from benchmarks.emulator_throughput import (
     API_ID,
     MIGRATION_ID,
@@ -59,12 +59,14 @@ def engine_once(batches: list[pa.RecordBatch], batch_size: int, concurrency: int
             summary = run_migration(
                 iter(batches),
                 client,
-                MIGRATION_ID,
-                API_ID,
+                MigrationConfig(
+                    MIGRATION_ID,
+                    API_ID,
+                    batch_size=batch_size,
+                    max_concurrency=concurrency,
+                    progress_interval=3600,
+                ),
                 out,
-                batch_size=batch_size,
-                max_concurrency=concurrency,
-                progress_interval=3600,
             )
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if summary.migrated != keys:

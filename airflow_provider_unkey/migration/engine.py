@@ -1,6 +1,7 @@
 """The migration engine: batch by count and bytes, send batches concurrently, record every outcome.
 
-Nothing here imports Airflow. :func:`run_migration` wires a stream of Arrow record batches through
+Nothing here imports Airflow. :func:`run_migration` wires a stream of Arrow record batches, with the
+settings of a :class:`MigrationConfig`, through
 :class:`~airflow_provider_unkey.migration.prepare.KeyPreparer` (validation),
 :class:`~airflow_provider_unkey.migration.dedupe.DigestSet` (deduplication across the whole source),
 :class:`Batcher` and :class:`MigrationEngine` (sending), into an
@@ -14,6 +15,7 @@ The engine lives in modules that import each other one way only:
 * :mod:`~airflow_provider_unkey.migration.failures`: what a failed request means (:data:`ACTIONS`,
   :func:`classify`) and :class:`MigrationAborted`;
 * :mod:`~airflow_provider_unkey.migration.sending`: :class:`MigrationEngine`;
+* :mod:`~airflow_provider_unkey.migration.config`: :class:`MigrationConfig`, the settings of a run;
 * :mod:`~airflow_provider_unkey.migration.run`: :func:`run_migration`, :class:`RunControl` and
   :class:`InvariantError`.
 
@@ -32,6 +34,7 @@ from airflow_provider_unkey.migration.batching import (
     Batch,
     Batcher,
 )
+from airflow_provider_unkey.migration.config import MigrationConfig
 from airflow_provider_unkey.migration.failures import (
     ACTIONS,
     SPLIT_WITHOUT_RETRY,
@@ -54,6 +57,7 @@ __all__ = [
     "Batcher",
     "InvariantError",
     "MigrationAborted",
+    "MigrationConfig",
     "MigrationEngine",
     "MigrationSummary",
     "Progress",

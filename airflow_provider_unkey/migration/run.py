@@ -1,6 +1,7 @@
 """The run: wire a source through validation, deduplication, the ledger, batching and sending.
 
-Nothing here imports Airflow. :func:`run_migration` is the whole run; :class:`RunControl` lets another
+Nothing here imports Airflow. :func:`run_migration` is the whole run, its settings in a
+:class:`~airflow_provider_unkey.migration.config.MigrationConfig`; :class:`RunControl` lets another
 thread stop it; :class:`InvariantError` is raised when rows read and outcomes recorded do not
 reconcile.
 """
@@ -9,28 +10,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
+from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyError
-from airflow_provider_unkey.migration.batching import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_REQUEST_BYTES,
-    Batch,
-    Batcher,
-)
+from airflow_provider_unkey.migration.batching import Batch, Batcher
+from airflow_provider_unkey.migration.config import MigrationConfig
 from airflow_provider_unkey.migration.dedupe import DigestSet
 from airflow_provider_unkey.migration.failures import MigrationAborted
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerWriter
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Stage
 from airflow_provider_unkey.migration.prepare import KeyPreparer, PreparedRows, resolve_mapping
 from airflow_provider_unkey.migration.reporting import MigrationSummary, Progress
-from airflow_provider_unkey.migration.sending import DEFAULT_MAX_CONCURRENCY, MigrationEngine
+from airflow_provider_unkey.migration.sending import MigrationEngine
 
 
 class InvariantError(UnkeyError):
@@ -106,64 +103,43 @@ def _emit_resumed(writer: OutcomeWriter, fresh: PreparedRows, mine: np.ndarray, 
 def run_migration(
     source: Iterable[pa.RecordBatch],
     client: UnkeyClient | None,
-    migration_id: str,
-    api_id: str,
+    config: MigrationConfig,
     output_dir: str | Path,
     *,
-    column_mapping: Mapping[str, str] | None = None,
-    hash_format: str = "sha256_base64",
-    algorithm: str = "sha256",
-    list_delimiter: str = ",",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    retry: RetryPolicy | None = None,
-    dry_run: bool = False,
     total_rows: int | None = None,
-    progress_interval: float = 5.0,
     emit: Callable[[str], None] | None = None,
     ledger: LedgerWriter | None = None,
     known: KnownHashes | None = None,
-    list_skipped: bool = False,
     control: RunControl | None = None,
 ) -> MigrationSummary:
     """Migrate every row of ``source``; write ``migrated.parquet`` and ``failed.parquet`` to ``output_dir``.
 
     :param source: Arrow record batches, read lazily (a generator keeps memory flat).
-    :param client: the Unkey client; may be ``None`` for a dry run.
-    :param migration_id: the migration id Unkey support set up.
-    :param api_id: the API the keys go to.
+    :param client: the Unkey client; may be ``None`` for a dry run (``config.dry_run``).
+    :param config: the run's settings (:class:`~airflow_provider_unkey.migration.config.MigrationConfig`),
+        checked when it was built.
     :param output_dir: a local directory for the two Parquet files.
-    :param column_mapping: key field -> source column (``None``: columns named like the fields).
-    :param hash_format: what the hash column holds, ``sha256_base64`` or ``sha256_hex``.
-    :param algorithm: the migration's algorithm, ``sha256`` or the seam algorithm (``seam``).
-    :param list_delimiter: separates roles or permissions held in one text column.
-    :param batch_size: keys per request.
-    :param max_request_bytes: bytes per request body.
-    :param max_concurrency: requests in flight at once.
-    :param retry: the retry policy for batches (default: the client's).
-    :param dry_run: read, validate, deduplicate and batch, but send nothing.
     :param total_rows: the number of source rows, when known, for progress and ETA.
-    :param progress_interval: seconds between progress lines.
     :param emit: where progress lines go (default: the logger of
         :mod:`~airflow_provider_unkey.migration.reporting`).
     :param ledger: records every new outcome durably; closed (flushed and compacted) at the end.
     :param known: what the ledger held before the run (:meth:`KnownHashes.load`): hashes an earlier try
         of this task instance recorded as existing get that outcome again; hashes other runs recorded
         as existing are skipped. Invalid and duplicate rows are judged afresh either way.
-    :param list_skipped: also write the skipped rows to ``skipped.parquet``.
     :param control: lets another thread stop the run (:meth:`RunControl.stop`).
     :raises MigrationAborted: on 401, 403 or 404, after the outputs are written.
     :raises InvariantError: if rows and outcomes do not reconcile.
+    :raises ValueError: if there is no client and ``config.dry_run`` is not set.
     """
+    dry_run = config.dry_run
     if client is None and not dry_run:
         raise ValueError("a client is needed unless dry_run is set")
     started = time.monotonic()
-    writer = OutcomeWriter(output_dir, ledger=ledger, list_skipped=list_skipped)
+    writer = OutcomeWriter(output_dir, ledger=ledger, list_skipped=config.list_skipped)
     dedupe = DigestSet()
-    batcher = Batcher(migration_id, api_id, batch_size, max_request_bytes)
+    batcher = Batcher(config.migration_id, config.api_id, config.batch_size, config.max_request_bytes)
     state: dict[str, Any] = {"rows": 0, "prepare": 0.0, "preparer": None, "would_send": 0, "batches": 0}
-    progress = Progress(writer, total_rows, progress_interval, emit)
+    progress = Progress(writer, total_rows, config.progress_interval, emit)
     control = control or RunControl()
     control.ledger = ledger
     abort = control.stop_event
@@ -198,12 +174,12 @@ def run_migration(
             t0 = time.monotonic()
             preparer: KeyPreparer | None = state["preparer"]
             if preparer is None:
-                mapping = resolve_mapping(column_mapping, record_batch.schema)
+                mapping = resolve_mapping(config.column_mapping, record_batch.schema)
                 preparer = state["preparer"] = KeyPreparer(
                     mapping,
-                    hash_format=hash_format,
-                    algorithm=algorithm,
-                    list_delimiter=list_delimiter,
+                    hash_format=config.hash_format,
+                    algorithm=config.algorithm,
+                    list_delimiter=config.list_delimiter,
                     max_key_bytes=batcher.max_key_bytes,
                 )
             prepared, rejects = preparer.prepare(record_batch, state["rows"])
@@ -247,12 +223,12 @@ def run_migration(
             assert client is not None
             engine = MigrationEngine(
                 client,
-                migration_id,
-                api_id,
+                config.migration_id,
+                config.api_id,
                 batcher,
                 writer,
-                max_concurrency=max_concurrency,
-                retry=retry,
+                max_concurrency=config.max_concurrency,
+                retry=config.retry,
                 progress=progress,
                 abort_event=abort,
                 resumed_try=resumed_try,

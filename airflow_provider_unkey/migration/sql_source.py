@@ -106,7 +106,7 @@ _PG_NUMERIC = 1700
 
 
 @dataclass(slots=True)
-class _Column:
+class _SqlColumn:
     """One result column: its Arrow type (``None`` until the first chunk fixes it) and how to read it."""
 
     name: str
@@ -114,8 +114,8 @@ class _Column:
     json: bool = False  #: render every value as JSON text (PostgreSQL json/jsonb)
 
 
-def _column_hints(description: Sequence[Any], family: str) -> list[_Column]:
-    columns = [_Column(str(d[0])) for d in description]
+def _column_hints(description: Sequence[Any], family: str) -> list[_SqlColumn]:
+    columns = [_SqlColumn(str(d[0])) for d in description]
     if family != "postgresql":
         return columns
     for column, d in zip(columns, description, strict=True):
@@ -166,7 +166,7 @@ def _normalize(values: Sequence[Any]) -> Sequence[Any]:
     return values if out is None else out
 
 
-def _as_text(value: Any) -> str | None:
+def _db_text(value: Any) -> str | None:
     """How a value is written into a text column that was fixed before the value was seen."""
     if value is None or isinstance(value, str):
         return value
@@ -200,7 +200,7 @@ class SchemaDriftError(SourceError):
     """A later chunk of a query holds values that do not fit the type its first chunk fixed."""
 
 
-def _first_array(column: _Column, values: Sequence[Any]) -> pa.Array:
+def _first_array(column: _SqlColumn, values: Sequence[Any]) -> pa.Array:
     """Convert a column's first chunk and fix the column's type."""
     if column.json:
         column.type = pa.string()
@@ -216,12 +216,12 @@ def _first_array(column: _Column, values: Sequence[Any]) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError):
         # Mixed types in one column (SQLite allows it): keep the column as text.
         column.type = pa.string()
-        return pa.array([_as_text(v) for v in values], pa.string())
+        return pa.array([_db_text(v) for v in values], pa.string())
     column.type = _settle(inferred.type)
     return inferred if inferred.type == column.type else inferred.cast(column.type)
 
 
-def _next_array(column: _Column, values: Sequence[Any]) -> pa.Array:
+def _next_array(column: _SqlColumn, values: Sequence[Any]) -> pa.Array:
     """Convert a later chunk into the column's fixed type."""
     target = column.type
     assert target is not None
@@ -232,7 +232,7 @@ def _next_array(column: _Column, values: Sequence[Any]) -> pa.Array:
         return pa.array(normalized, target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError) as exc:
         if pa.types.is_string(target):
-            return pa.array([_as_text(v) for v in values], pa.string())
+            return pa.array([_db_text(v) for v in values], pa.string())
         try:
             # A lossless conversion (an int into a float or decimal column, '12' into an int column).
             return pa.array(normalized).cast(target)
@@ -318,7 +318,7 @@ class SqlSource:
                 cursor.execute(self.sql)
             else:
                 cursor.execute(self.sql, self.parameters)
-            columns: list[_Column] | None = None
+            columns: list[_SqlColumn] | None = None
             schema: pa.Schema | None = None
             while True:
                 rows = cursor.fetchmany(self.batch_rows)

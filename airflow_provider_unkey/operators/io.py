@@ -36,7 +36,7 @@ def _storage_path(path: PathLike) -> ObjectStoragePath:
     return ObjectStoragePath(text if "://" in text else os.path.abspath(text))
 
 
-def _as_text(path: PathLike) -> str:
+def _path_text(path: PathLike) -> str:
     """How a path goes into a partition dict: a URI as given, a local path made absolute."""
     if isinstance(path, ObjectStoragePath):
         return str(path)
@@ -205,9 +205,9 @@ def parquet_partitions(
     """
     given: str | list[str]
     if isinstance(path_or_uri, str | os.PathLike | ObjectStoragePath):
-        given = _as_text(path_or_uri)
+        given = _path_text(path_or_uri)
     else:
-        given = [_as_text(p) for p in path_or_uri]
+        given = [_path_text(p) for p in path_or_uri]
     if by == "hash":
         return partition.parquet_hash_partitions(given, n, hash_column=hash_column, hash_format=hash_format)
     return partition.parquet_partitions(parquet_source(path_or_uri), n, parquet_path=given, by=by)

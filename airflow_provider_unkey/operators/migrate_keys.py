@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,20 +20,27 @@ from airflow_provider_unkey.migration.engine import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
     MigrationAborted,
+    MigrationConfig,
     MigrationSummary,
     RunControl,
     run_migration,
 )
-from airflow_provider_unkey.migration.hashes import HASH_FORMATS, canonical_algorithm, wire_format
+from airflow_provider_unkey.migration.hashes import wire_format
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter
 from airflow_provider_unkey.migration.outcomes import Reason
-from airflow_provider_unkey.migration.prepare import KEY_FIELD_PATHS
-from airflow_provider_unkey.rules import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
+#: Stands in, when the DAG is parsed, for a templated argument that is not text yet (an XComArg): the
+#: rendered value is checked when the task runs.
+_RENDERED_LATER = "<rendered when the task runs>"
+
+
+def _text_or_later(value: object) -> object:
+    """A templated argument as :class:`MigrationConfig` can check it at parse time."""
+    return value if isinstance(value, str) else _RENDERED_LATER
 
 
 class MigrateKeysOperator(BaseOperator):
@@ -165,19 +172,6 @@ class MigrateKeysOperator(BaseOperator):
             raise ValueError("give exactly one source: parquet_path, or sql with sql_conn_id")
         if sql is not None and not sql_conn_id:
             raise ValueError("sql needs sql_conn_id: the common-sql connection to run it on")
-        if hash_format not in HASH_FORMATS:
-            raise ValueError(f"hash_format must be one of {HASH_FORMATS}, got {hash_format!r}")
-        canonical_algorithm(algorithm)  # raises on an unknown algorithm
-        if column_mapping is not None and not isinstance(column_mapping, str):
-            unknown = sorted(set(column_mapping) - set(KEY_FIELD_PATHS))
-            if unknown:
-                raise ValueError(
-                    f"column_mapping names unknown key fields {unknown}; the fields are {KEY_FIELD_PATHS}"
-                )
-        if batch_size < 1 or max_concurrency < 1:
-            raise ValueError("batch_size and max_concurrency must be at least 1")
-        if not 1024 <= max_request_bytes <= MAX_BODY_BYTES:
-            raise ValueError(f"max_request_bytes must be between 1024 and {MAX_BODY_BYTES}")
         for name, ratio in (("max_invalid_ratio", max_invalid_ratio), ("max_failed_ratio", max_failed_ratio)):
             if ratio is not None and not 0 <= ratio <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
@@ -215,6 +209,41 @@ class MigrateKeysOperator(BaseOperator):
         self.max_invalid_ratio = max_invalid_ratio
         self.max_failed_ratio = max_failed_ratio
         self.progress_interval = progress_interval
+        # The run's settings are checked now, so that a bad one fails the DAG's parse; the templated
+        # ones are checked again once rendered, in execute.
+        self._migration_config(parsing=True)
+
+    def _migration_config(self, *, parsing: bool = False) -> MigrationConfig:
+        """The run's settings, checked by :class:`MigrationConfig`.
+
+        :param parsing: the DAG is being parsed and the templated fields are not rendered: a templated
+            ``migration_id`` or ``api_id`` that is not text yet, a ``column_mapping`` that is not a
+            mapping yet, or a column in it that is not text yet, stands in as a placeholder.
+        :raises ValueError: naming the first argument that is not valid.
+        """
+        migration_id: Any = self.migration_id
+        api_id: Any = self.api_id
+        column_mapping: Any = self.column_mapping
+        if parsing:
+            migration_id, api_id = _text_or_later(migration_id), _text_or_later(api_id)
+            if isinstance(column_mapping, Mapping):
+                column_mapping = {field: _text_or_later(column) for field, column in column_mapping.items()}
+            else:
+                column_mapping = None
+        return MigrationConfig(
+            migration_id=migration_id,
+            api_id=api_id,
+            column_mapping=column_mapping,
+            hash_format=self.hash_format,
+            algorithm=self.algorithm,
+            list_delimiter=self.list_delimiter,
+            batch_size=self.batch_size,
+            max_request_bytes=self.max_request_bytes,
+            max_concurrency=self.max_concurrency,
+            dry_run=self.send_nothing,
+            progress_interval=self.progress_interval,
+            list_skipped=self.list_skipped,
+        )
 
     # --- pieces ----------------------------------------------------------------------------------------
     def _source(self) -> tuple[Iterable[pa.RecordBatch], int | None]:
@@ -307,33 +336,34 @@ class MigrateKeysOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_unkey.operators import io
 
+        config = self._migration_config()  # the templated fields are rendered now
         output_path = self.output_path or self._default_output_path(context)
         client = None
-        if not self.send_nothing:
-            client = UnkeyHook(self.unkey_conn_id, pool_size=self.max_concurrency).client
+        if not config.dry_run:
+            client = UnkeyHook(self.unkey_conn_id, pool_size=config.max_concurrency).client
         source, total = self._source()
         scope = self._ledger_scope(context)
         ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
         ledger_root, ledger_fs = io.ledger_location(ledger_path)
-        known = KnownHashes.load(ledger_root, scope, wire_format(self.algorithm), filesystem=ledger_fs)
+        known = KnownHashes.load(ledger_root, scope, wire_format(config.algorithm), filesystem=ledger_fs)
         ledger = None
-        if not self.send_nothing:
+        if not config.dry_run:
             ledger = LedgerWriter(
                 ledger_root,
                 scope,
-                migration_id=self.migration_id,
-                api_id=self.api_id,
+                migration_id=config.migration_id,
+                api_id=config.api_id,
                 filesystem=ledger_fs,
                 flush_interval=self.ledger_flush_interval,
             )
         work_dir = Path(tempfile.mkdtemp(prefix="unkey-migrate-"))
         self.log.info(
             "Migrating keys into API %s with migration %s (%s hashes on the wire); outputs to %s%s",
-            self.api_id,
-            self.migration_id,
-            canonical_algorithm(self.algorithm),
+            config.api_id,
+            config.migration_id,
+            config.algorithm,
             output_path,
-            " [dry run: nothing is sent]" if self.send_nothing else "",
+            " [dry run: nothing is sent]" if config.dry_run else "",
         )
         self.log.info(
             "Ledger %s: %d hashes of earlier tries of this task to resume from, %d known from other runs"
@@ -349,23 +379,12 @@ class MigrateKeysOperator(BaseOperator):
                 summary = run_migration(
                     source,
                     client,
-                    self.migration_id,
-                    self.api_id,
+                    config,
                     work_dir,
-                    column_mapping=self.column_mapping,
-                    hash_format=self.hash_format,
-                    algorithm=self.algorithm,
-                    list_delimiter=self.list_delimiter,
-                    batch_size=self.batch_size,
-                    max_request_bytes=self.max_request_bytes,
-                    max_concurrency=self.max_concurrency,
-                    dry_run=self.send_nothing,
                     total_rows=total,
-                    progress_interval=self.progress_interval,
                     emit=self.log.info,
                     ledger=ledger,
                     known=known,
-                    list_skipped=self.list_skipped,
                     control=control,
                 )
             except MigrationAborted as exc:

@@ -26,6 +26,7 @@ from airflow_provider_unkey.migration.engine import (
     Batch,
     Batcher,
     MigrationAborted,
+    MigrationConfig,
     MigrationEngine,
     MigrationSummary,
     run_migration,
@@ -192,13 +193,8 @@ def test_concurrent_run_migrates_every_valid_hash_exactly_once(
     summary = run_migration(
         source(6, 400, invalid_every=41, dup_every=13),
         client,
-        MIGRATION,
-        API,
+        MigrationConfig(MIGRATION, API, batch_size=97, max_request_bytes=6000, max_concurrency=4, retry=FAST),
         tmp_path,
-        batch_size=97,
-        max_request_bytes=6000,  # about 75 keys: the byte limit cuts before the count does
-        max_concurrency=4,
-        retry=FAST,
     )
     migrated, failed = assert_every_row_once(summary)
     assert summary.total == 2400
@@ -243,10 +239,8 @@ def test_dry_run_sends_nothing(emu: UnkeyEmulator, client: RecordingClient, tmp_
         summary = run_migration(
             source(3, 100, invalid_every=10),
             maybe_client,
-            MIGRATION,
-            API,
+            MigrationConfig(MIGRATION, API, dry_run=True),
             tmp_path / str(maybe_client),
-            dry_run=True,
         )
         assert summary.dry_run
         assert summary.total == 300
@@ -256,7 +250,7 @@ def test_dry_run_sends_nothing(emu: UnkeyEmulator, client: RecordingClient, tmp_
     assert emu.requests == []
     assert client.bodies == []
     with pytest.raises(ValueError, match="client is needed"):
-        run_migration(source(1, 1), None, MIGRATION, API, tmp_path)
+        run_migration(source(1, 1), None, MigrationConfig(MIGRATION, API), tmp_path)
 
 
 # --- splitting ------------------------------------------------------------------------------------------------
@@ -339,12 +333,8 @@ def test_401_403_404_abort_the_run_and_record_the_rest_as_not_sent(
         run_migration(
             source(40, 50),
             client,
-            migration,
-            api,
+            MigrationConfig(migration, api, batch_size=50, max_concurrency=concurrency, retry=FAST),
             tmp_path,
-            batch_size=50,
-            max_concurrency=concurrency,
-            retry=FAST,
         )
     assert fix in str(caught.value)
     summary: MigrationSummary = caught.value.summary  # type: ignore[attr-defined]
@@ -366,7 +356,10 @@ def test_a_5xx_storm_gives_up_after_the_retries(
 ) -> None:
     emu.set_faults(error_rate=1.0, error_statuses=(status,))
     summary = run_migration(
-        source(3, 40), client, MIGRATION, API, tmp_path, batch_size=30, max_concurrency=2, retry=FAST
+        source(3, 40),
+        client,
+        MigrationConfig(MIGRATION, API, batch_size=30, max_concurrency=2, retry=FAST),
+        tmp_path,
     )
     _, failed = assert_every_row_once(summary)
     assert summary.failed_by_reason == {"gave_up": 120}
@@ -384,7 +377,10 @@ def test_a_response_lost_after_commit_is_unconfirmed(
 ) -> None:
     emu.set_faults(drop_after_commit_rate=1.0)
     summary = run_migration(
-        source(2, 25), client, MIGRATION, API, tmp_path, batch_size=10, max_concurrency=3, retry=FAST
+        source(2, 25),
+        client,
+        MigrationConfig(MIGRATION, API, batch_size=10, max_concurrency=3, retry=FAST),
+        tmp_path,
     )
     _, failed = assert_every_row_once(summary)
     assert summary.failed_by_reason == {"unconfirmed": 50}
@@ -399,7 +395,9 @@ def test_hashes_already_in_unkey_are_already_exists(
     existing = {b64(i) for i in range(0, 60, 7)}
     for h in existing:
         emu.add_existing_hash(h)
-    summary = run_migration(source(2, 30), client, MIGRATION, API, tmp_path, batch_size=16, retry=FAST)
+    summary = run_migration(
+        source(2, 30), client, MigrationConfig(MIGRATION, API, batch_size=16, retry=FAST), tmp_path
+    )
     _, failed = assert_every_row_once(summary)
     assert summary.failed_by_reason == {"already_exists": len(existing)}
     assert set(failed.column("hash").to_pylist()) == existing
@@ -415,7 +413,9 @@ def test_lost_responses_then_giving_up_says_keys_may_exist(
     # and says the keys may exist.
     emu.set_faults(drop_after_commit_rate=1.0)
     client.on_retry = lambda *_: emu.set_faults(drop_after_commit_rate=0.0, reset_rate=1.0)
-    summary = run_migration(source(1, 10), client, MIGRATION, API, tmp_path, batch_size=10, retry=FAST)
+    summary = run_migration(
+        source(1, 10), client, MigrationConfig(MIGRATION, API, batch_size=10, retry=FAST), tmp_path
+    )
     _, failed = assert_every_row_once(summary)
     assert summary.failed_by_reason == {"gave_up": 10}
     detail = failed.column("detail").to_pylist()[0]
@@ -431,13 +431,9 @@ def test_progress_is_logged_with_rate_eta_and_outcomes(
     summary = run_migration(
         source(4, 50, invalid_every=10),
         client,
-        MIGRATION,
-        API,
+        MigrationConfig(MIGRATION, API, batch_size=20, retry=FAST, progress_interval=0.0),
         tmp_path,
-        batch_size=20,
-        retry=FAST,
         total_rows=200,
-        progress_interval=0.0,
         emit=lines.append,
     )
     assert_every_row_once(summary)
@@ -450,10 +446,8 @@ def test_progress_is_logged_with_rate_eta_and_outcomes(
     run_migration(
         source(1, 10, start=1000),
         client,
-        MIGRATION,
-        API,
+        MigrationConfig(MIGRATION, API, progress_interval=0.0),
         tmp_path / "b",
-        progress_interval=0.0,
         emit=lines.append,
     )
     assert lines[-1].startswith("10 keys, ")
@@ -476,12 +470,8 @@ def test_chaos_no_key_is_lost_or_misreported(tmp_path: Path, seed: int) -> None:
         summary = run_migration(
             source(6, 100, invalid_every=37, dup_every=41),
             client,
-            MIGRATION,
-            API,
+            MigrationConfig(MIGRATION, API, batch_size=25, max_concurrency=4, retry=FAST),
             tmp_path,
-            batch_size=25,
-            max_concurrency=4,
-            retry=FAST,
         )
         stored = {h: k.key_id for h, k in emu.keys.items() if k.api_id == API}
     migrated, failed = assert_every_row_once(summary)

@@ -22,7 +22,12 @@ import pytest
 
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration import hashes
-from airflow_provider_unkey.migration.engine import MigrationSummary, RunControl, run_migration
+from airflow_provider_unkey.migration.engine import (
+    MigrationConfig,
+    MigrationSummary,
+    RunControl,
+    run_migration,
+)
 from airflow_provider_unkey.migration.ledger import (
     LEDGER_SCHEMA,
     KnownHashes,
@@ -77,16 +82,12 @@ def migrate(
     summary = run_migration(
         batches(table),
         client,
-        MIGRATION,
-        API,
+        MigrationConfig(
+            MIGRATION, API, batch_size=16, max_concurrency=3, retry=FAST, algorithm=algorithm, **kwargs
+        ),
         out,
-        batch_size=16,
-        max_concurrency=3,
-        retry=FAST,
         ledger=ledger,
         known=known,
-        algorithm=algorithm,
-        **kwargs,
     )
     check(summary)
     return summary
@@ -335,7 +336,11 @@ def test_a_retry_without_records_still_reports_unconfirmed(
     known = KnownHashes.load(tmp_path / "ledger", retry, "sha256_base64")
     assert known.resumed_try == 1 and len(known) == 0
     summary = run_migration(
-        batches(keys(0, 10)), client, MIGRATION, API, tmp_path / "out", known=known, retry=FAST
+        batches(keys(0, 10)),
+        client,
+        MigrationConfig(MIGRATION, API, retry=FAST),
+        tmp_path / "out",
+        known=known,
     )
     assert summary.failed_by_reason == {"unconfirmed": 10}
 
@@ -446,7 +451,11 @@ def test_run_control_stops_sending_and_flushes_the_ledger(
             yield from batches(keys(i * 20, (i + 1) * 20), 20)
 
     summary = run_migration(
-        source(), client, MIGRATION, API, tmp_path / "out", batch_size=20, retry=FAST, control=control
+        source(),
+        client,
+        MigrationConfig(MIGRATION, API, batch_size=20, retry=FAST),
+        tmp_path / "out",
+        control=control,
     )
     assert summary.stopped
     check(summary)
@@ -474,12 +483,8 @@ def test_run_control_flush_records_what_was_sent(
     summary = run_migration(
         source(),
         client,
-        MIGRATION,
-        API,
+        MigrationConfig(MIGRATION, API, batch_size=20, max_concurrency=1, retry=FAST),
         tmp_path / "out",
-        batch_size=20,
-        max_concurrency=1,
-        retry=FAST,
         ledger=ledger,
         control=control,
     )
@@ -492,7 +497,9 @@ def test_a_408_on_a_batch_is_split_after_one_attempt(
     emu: UnkeyEmulator, client: UnkeyClient, tmp_path: Path
 ) -> None:
     emu.set_faults(error_rate=1.0, error_statuses=(408,))
-    summary = run_migration(batches(keys(0, 4)), client, MIGRATION, API, tmp_path, batch_size=4, retry=FAST)
+    summary = run_migration(
+        batches(keys(0, 4)), client, MigrationConfig(MIGRATION, API, batch_size=4, retry=FAST), tmp_path
+    )
     # 4 keys -> 2 + 2 -> 1+1+1+1: each multi-key batch tried once; single keys get the whole policy.
     assert summary.failed_by_reason == {"rejected_by_api": 4}
     statuses = [r.status for r in emu.requests if r.path == MIGRATE]
@@ -545,7 +552,10 @@ def test_for_sql_sources_an_anti_join_leaves_old_rows_out(
     with sqlite3.connect(db) as conn:
         sink.create_tables(conn)
     first = run_migration(
-        SqlSource(lambda: sqlite3.connect(db), query), client, MIGRATION, API, tmp_path / "r1", retry=FAST
+        SqlSource(lambda: sqlite3.connect(db), query),
+        client,
+        MigrationConfig(MIGRATION, API, retry=FAST),
+        tmp_path / "r1",
     )
     assert (first.migrated, first.failed_by_reason) == (49, {"already_exists": 1})
     sink.write("run_1", tmp_path / "r1")
@@ -553,7 +563,10 @@ def test_for_sql_sources_an_anti_join_leaves_old_rows_out(
         conn.executemany("INSERT INTO api_keys VALUES (?, ?)", [(b64(i), f"user_{i}") for i in range(50, 60)])
     emu.reset_log()
     second = run_migration(
-        SqlSource(lambda: sqlite3.connect(db), query), client, MIGRATION, API, tmp_path / "r2", retry=FAST
+        SqlSource(lambda: sqlite3.connect(db), query),
+        client,
+        MigrationConfig(MIGRATION, API, retry=FAST),
+        tmp_path / "r2",
     )
     assert (second.total, second.migrated) == (10, 10)
     assert set(emu.hash_counts) == {b64(i) for i in range(50, 60)}

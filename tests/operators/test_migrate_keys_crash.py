@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_unkey.client import UnkeyClient
-from airflow_provider_unkey.migration.engine import run_migration
+from airflow_provider_unkey.migration.engine import MigrationConfig, run_migration
 from airflow_provider_unkey.migration.ledger import read_ledger
 from airflow_provider_unkey.testing import UnkeyEmulator
 
@@ -210,7 +210,10 @@ def test_a_sigkilled_run_resumes_and_loses_only_what_was_in_flight(tmp_path: Pat
     ):
         fresh.add_existing_hash(b64(EXISTING))
         whole = run_migration(
-            table.to_batches(max_chunksize=100), client, "mig_test", "api_test", tmp_path / "whole"
+            table.to_batches(max_chunksize=100),
+            client,
+            MigrationConfig("mig_test", "api_test"),
+            tmp_path / "whole",
         )
     expected = {
         (r["source_row"], r["hash"], "migrated") for r in pq.read_table(whole.outputs["migrated"]).to_pylist()
