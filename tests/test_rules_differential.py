@@ -519,7 +519,7 @@ def test_server_rules_on_keys_the_spec_accepts() -> None:
     @given(key=SERVER_KEYS)
     def check(key: dict[str, Any]) -> None:
         assert rules.key_schema_violations(key, loc) == []
-        with mock.patch.object(rules.check, "_fast_ok", return_value=False):
+        with mock.patch.object(rules.check, "_fast_server_ok", return_value=False):
             full = rules.key_server_violations(key, loc)
         assert rules.key_server_violations(key, loc) == full
         credits = key.get("credits")
