@@ -34,6 +34,7 @@ import urllib3.exceptions
 import urllib3.util.connection
 
 from airflow_provider_unkey import client as client_module
+from airflow_provider_unkey import retries as retries_module
 from airflow_provider_unkey.client import RetryPolicy, UnkeyClient, _parse_retry_after
 from airflow_provider_unkey.exceptions import (
     UnkeyAPIError,
@@ -465,10 +466,10 @@ def _transport_error(
 ) -> tuple[UnkeyTransportError, list[BaseException]]:
     """Two attempts of one request to ``url``: the error, and the exception chain the client read."""
     chain: list[BaseException] = []
-    decide = client_module.may_have_been_sent
+    decide = retries_module.may_have_been_sent
 
     def spy(exc: BaseException) -> bool:
-        chain[:] = list(client_module._exception_chain(exc))
+        chain[:] = list(retries_module._exception_chain(exc))
         return decide(exc)
 
     policy = RetryPolicy(max_attempts=2, initial_wait=0.25, max_wait=0.25, jitter=0.0)
@@ -609,4 +610,4 @@ def _refused(message: str) -> BaseException:
     ],
 )
 def test_the_chain_decides_not_the_message(error: BaseException, sent: bool) -> None:
-    assert client_module.may_have_been_sent(_wrapped_as_requests_does(error)) is sent
+    assert retries_module.may_have_been_sent(_wrapped_as_requests_does(error)) is sent

@@ -1,6 +1,6 @@
-"""The core contract: ``rules``, ``client``, ``exceptions``, ``migration/`` and ``testing/`` never import
-Airflow, so they can be unit-tested fast and reused outside Airflow. Only ``hooks/`` and
-``operators/`` (and the provider metadata) are Airflow layers.
+"""The core contract: ``rules``, ``client``, ``retries``, ``exceptions``, ``migration/`` and ``testing/``
+never import Airflow, so they can be unit-tested fast and reused outside Airflow. Only ``hooks/``
+and ``operators/`` (and the provider metadata) are Airflow layers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "airflow_provider_unkey"
 CORE = [
     *sorted((PACKAGE / "rules").glob("*.py")),
     PACKAGE / "client.py",
+    PACKAGE / "retries.py",
     PACKAGE / "exceptions.py",
     *sorted((PACKAGE / "migration").glob("*.py")),
     *sorted((PACKAGE / "testing").glob("*.py")),
