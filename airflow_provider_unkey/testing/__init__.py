@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from airflow_provider_unkey.testing.emulator import (
         DEFAULT_ROOT_KEY_PERMISSIONS,
         Faults,
+        Load,
         RequestRecord,
+        Stats,
         StoredKey,
         UnkeyEmulator,
         seam_hash,
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ROOT_KEY_PERMISSIONS",
     "Faults",
+    "Load",
     "RequestRecord",
+    "Stats",
     "StoredKey",
     "UnkeyEmulator",
     "seam_hash",

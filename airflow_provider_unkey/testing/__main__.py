@@ -66,7 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-timeout",
         type=float,
         default=rules.SERVER_TIMEOUT_SECONDS,
-        help="server-side timeout in seconds, then 408 (default %(default)s)",
+        help="server-side timeout in seconds, queueing for capacity included, then 408 (default %(default)s)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="process at most N requests at once, the others waiting in a FIFO queue; the latency "
+        "faults are spent holding a slot, so N / latency bounds the requests per second "
+        "(default 0: unlimited)",
     )
     p.add_argument(
         "--no-freeze-gc",
@@ -118,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=faults,
             seed=args.seed,
             server_timeout=args.server_timeout,
+            capacity=args.capacity,
             # This process is the emulator's alone: keep the GC off the growing store.
             freeze_gc=not args.no_freeze_gc,
         )
@@ -149,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     finally:
         emu.stop()
-    counts = emu.status_counts
+    stats = emu.stats()
+    counts = stats.status_counts
     print(
-        f"Unkey emulator stopped: {sum(counts.values())} requests, {len(emu.keys)} keys stored, "
-        f"statuses {dict(sorted(counts.items(), key=str))}",
+        f"Unkey emulator stopped: {stats.requests} requests, {len(emu.keys)} keys stored, "
+        f"statuses {dict(sorted(counts.items(), key=str))}, "
+        f"{stats.rate_limited} rate limited (429), {stats.timed_out} timed out (408), "
+        f"peak {stats.peak_in_flight} in flight, peak {stats.peak_queued} queued",
         file=sys.stderr,
         flush=True,
     )

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from airflow_provider_unkey import rules
 from airflow_provider_unkey.testing import replies, routes, transport
+from airflow_provider_unkey.testing.capacity import Capacity, Load, Stats
 from airflow_provider_unkey.testing.faults import FaultDraw, Faults, FaultSource
 from airflow_provider_unkey.testing.pipeline import Pipeline
 from airflow_provider_unkey.testing.routes import Route, Routes
@@ -50,7 +51,9 @@ from airflow_provider_unkey.testing.transport import Reply, Request, Server
 __all__ = [
     "DEFAULT_ROOT_KEY_PERMISSIONS",
     "Faults",
+    "Load",
     "RequestRecord",
+    "Stats",
     "StoredKey",
     "UnkeyEmulator",
     "seam_hash",
@@ -102,7 +105,12 @@ class UnkeyEmulator:
         advances itself to reach a window's end without waiting for it.
     :param faults: faults to inject from the start; change them later with :meth:`set_faults`.
     :param seed: seed of the random decisions behind :class:`Faults`.
-    :param server_timeout: the server's own per-request timeout (408 past it, nothing committed).
+    :param server_timeout: the server's own per-request timeout: a request whose time since it was
+        read (waiting for a capacity slot included) passes it is answered 408, nothing committed.
+    :param capacity: requests processed at once at most (``None`` or 0: no limit); the others wait
+        their turn in a FIFO queue, and a request spends its latency faults holding its slot, so
+        capacity 8 with 50 ms of latency serves at most 160 requests/s. Change it with
+        :meth:`set_capacity`.
     :param freeze_gc: call :func:`gc.freeze` after every commit, so the cyclic garbage collector stops
         rescanning the ever-growing store (it otherwise costs up to 40 % of the throughput with keys
         carrying meta, roles and credits). Process-wide: meant for a process of its own, like the CLI.
@@ -120,8 +128,10 @@ class UnkeyEmulator:
         seed: int = 0,
         server_timeout: float = rules.SERVER_TIMEOUT_SECONDS,
         freeze_gc: bool = False,
+        capacity: int | None = None,
     ) -> None:
         self._limiter = RateLimiter(rate_limit, rate_limit_window, rate_limit_clock)
+        self._capacity = Capacity(capacity)
         self.host = host
         self.port = port
         self.server_timeout = server_timeout
@@ -132,7 +142,9 @@ class UnkeyEmulator:
         self._log = RequestLog()
         # The routes and the pipeline read server_timeout and freeze_gc from here, per request.
         self._routes = Routes(self._store, self._faults, self)
-        self._pipeline = Pipeline(self._store, self._faults, self._limiter, self._routes, self)
+        self._pipeline = Pipeline(
+            self._store, self._faults, self._limiter, self._routes, self, self._capacity
+        )
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -280,6 +292,41 @@ class UnkeyEmulator:
         """
         self._limiter.configure(limit, self._limiter.window if window is None else window)
 
+    # --- capacity -------------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int | None:
+        """Requests processed at once at most, or ``None`` for no limit."""
+        return self._capacity.limit
+
+    @capacity.setter
+    def capacity(self, capacity: int | None) -> None:
+        self._capacity.configure(capacity)
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """Limit the requests processed at once to ``capacity`` (``None`` or 0: no limit).
+
+        Thread-safe, while running too: a larger capacity lets waiting requests in at once, in their
+        order; a smaller one takes no slot back from the requests in flight.
+
+        :raises ValueError: for a negative capacity.
+        """
+        self._capacity.configure(capacity)
+
+    @property
+    def load(self) -> Load:
+        """Requests processed and waiting now, and their peaks since the last :meth:`reset_log`."""
+        return self._capacity.load()
+
+    def stats(self, path: str | None = None) -> Stats:
+        """Counters (by status, 429s, 408s), latency quantiles and the load, for a benchmark's report.
+
+        :param path: only the requests of this path (e.g. ``"/v2/keys.migrateKeys"``); ``None`` for all.
+        """
+        records = self._log.requests()
+        if path is not None:
+            records = [r for r in records if r.path == path]
+        return Stats.of(records, self._capacity.load())
+
     # --- inspection -----------------------------------------------------------------------------------
     @property
     def keys(self) -> dict[str, StoredKey]:
@@ -306,8 +353,9 @@ class UnkeyEmulator:
         return self._log.status_counts()
 
     def reset_log(self) -> None:
-        """Forget the request log and counters; the store and the rate-limit windows stay."""
+        """Forget the request log, counters and load peaks; the store and the rate-limit windows stay."""
         self._log.clear()
+        self._capacity.reset_peaks()
 
     # --- what the transport calls ---------------------------------------------------------------------
     def _record(self, record: RequestRecord) -> None:

@@ -1,9 +1,11 @@
 """What every API request goes through before its route: routing, framing, faults, auth, rate limit.
 
 In the real server's order: the route (404 for an unknown one), 413 from ``Content-Length`` alone,
-the request's faults (a reset before anything is read), the body, the injected latency (408 past
-the server timeout), injected 429s and errors, authentication, the workspace rate limit, and only
-then the route itself.
+the request's faults (a reset before anything is read), the body, authentication and the workspace
+rate limit (both answered at once, unless a 429 or an error is injected), then the processing: a
+capacity slot waited for in FIFO order, the injected latency spent holding it (408 once the time since
+the request was read, queueing included, passes the server timeout), injected 429s and errors, and
+only then the route itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from airflow_provider_unkey import rules
 from airflow_provider_unkey.testing import replies
+from airflow_provider_unkey.testing.capacity import Capacity
 from airflow_provider_unkey.testing.faults import FaultDraw, FaultSource
 from airflow_provider_unkey.testing.replies import (
     ERR_AUTH_MALFORMED,
@@ -42,9 +45,16 @@ class Pipeline:
     """The request pipeline in front of :class:`~airflow_provider_unkey.testing.routes.Routes`."""
 
     def __init__(
-        self, store: Store, faults: FaultSource, limiter: RateLimiter, routes: Routes, settings: Settings
+        self,
+        store: Store,
+        faults: FaultSource,
+        limiter: RateLimiter,
+        routes: Routes,
+        settings: Settings,
+        capacity: Capacity,
     ) -> None:
         self._store = store
+        self._capacity = capacity
         self._faults = faults
         self._limiter = limiter
         self._routes = routes
@@ -89,15 +99,74 @@ class Pipeline:
         return reply
 
     def delay_and_route(self, req: Request, route: Route, body: Any, n_keys: int, draw: FaultDraw) -> Reply:
-        """Sleep the injected latency, answer an injected fault, or authenticate, count and route."""
+        """Authenticate and count the request, then process it holding a capacity slot.
+
+        Authentication and the workspace rate limit answer at once (400/401/429 take no slot and no
+        latency); a request they let through, and one that gets an injected 429 or error, waits for
+        a slot, spends its latency holding it, and is answered 408 when the server timeout passes
+        first. Every answer to a counted request carries the workspace's quota headers, a 408 too.
+        """
+        quota = None
+        root = None
+        if draw.storm_retry_after is None and draw.error_status is None:
+            authenticated = self._authenticate(req)
+            if isinstance(authenticated, Reply):
+                return authenticated
+            root = authenticated
+            quota = self._limiter.count(root.workspace_id)
+            if quota is not None and not quota.allowed:
+                return replies.too_many_requests(
+                    req,
+                    f"The workspace exceeded its rate limit of {quota.limit} requests per "
+                    f"{self._limiter.window:g} s.",
+                    quota,
+                )
+        reply = self._hold_slot(req, route, body, n_keys, draw, root)
+        if quota is not None:
+            # A limited workspace sees its quota on every answer, whatever the status.
+            reply.headers += quota.headers()
+        return reply
+
+    def _hold_slot(
+        self, req: Request, route: Route, body: Any, n_keys: int, draw: FaultDraw, root: RootKey | None
+    ) -> Reply:
+        """Wait for a capacity slot (FIFO) and process the request holding it; 408 past the timeout."""
+        server_timeout = self._settings.server_timeout
+        deadline = req.started + server_timeout
+        enqueued = time.monotonic()
+        slot = self._capacity.acquire(deadline)
+        if slot is None:
+            # The timeout counts the time spent queued: nothing was processed, nothing committed.
+            req.queued = time.monotonic() - enqueued
+            return replies.timeout(req, server_timeout, "queue_timeout")
+        req.queued = slot.queued
+        req.admitted, req.in_flight = slot.admitted, slot.in_flight
+        try:
+            if req.queued > 0 and slot.admitted >= deadline:
+                # Granted just as the deadline passed.
+                return replies.timeout(req, server_timeout, "queue_timeout")
+            return self._process(req, route, body, n_keys, draw, root, deadline)
+        finally:
+            req.released = self._capacity.release()
+
+    def _process(
+        self,
+        req: Request,
+        route: Route,
+        body: Any,
+        n_keys: int,
+        draw: FaultDraw,
+        root: RootKey | None,
+        deadline: float,
+    ) -> Reply:
+        """Sleep the injected latency (the processing time), answer an injected fault, or route."""
         delay = draw.latency + draw.latency_per_key * n_keys
         fault = "latency" if delay > 0 else None
         if delay > 0:
-            server_timeout = self._settings.server_timeout
-            left = req.started + server_timeout - time.monotonic()
+            left = deadline - time.monotonic()
             if delay >= left:
                 time.sleep(max(0.0, left))
-                return replies.timeout(req, server_timeout, fault)
+                return replies.timeout(req, self._settings.server_timeout, fault)
             time.sleep(delay)
         if draw.storm_retry_after is not None:
             return replies.too_many_requests(
@@ -115,22 +184,8 @@ class Pipeline:
             return replies.error(
                 req, error_status, "Injected fault.", replies.error_type(error_status), fault="error"
             )
-
-        root = self._authenticate(req)
-        if isinstance(root, Reply):
-            return root
-        quota = self._limiter.count(root.workspace_id)
-        if quota is not None and not quota.allowed:
-            return replies.too_many_requests(
-                req,
-                f"The workspace exceeded its rate limit of {quota.limit} requests per "
-                f"{self._limiter.window:g} s.",
-                quota,
-            )
+        assert root is not None  # authenticated by delay_and_route when no fault was injected
         reply = route(req, body, root)
-        if quota is not None:
-            # A limited workspace sees its quota on every answer, whatever the status.
-            reply.headers += quota.headers()
         if reply.fault is None:
             reply.fault = fault
         return reply

@@ -27,7 +27,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "unkey_emulator(**kwargs): keyword arguments of UnkeyEmulator.quick() for the unkey_emulator "
-        "fixture, e.g. rate_limit=100, rate_limit_window=60, algorithm='seam', faults=Faults(...)",
+        "fixture, e.g. rate_limit=100, rate_limit_window=60, algorithm='seam', faults=Faults(...), "
+        "capacity=8, server_timeout=60",
     )
 
 
@@ -43,6 +44,10 @@ def unkey_emulator(request: pytest.FixtureRequest) -> Iterator[UnkeyEmulator]:
 
         @pytest.mark.unkey_emulator(rate_limit=100, rate_limit_window=60)
         def test_something(unkey_emulator): ...
+
+        # A saturated server: 8 requests processed at once, 50 ms each, the rest queued.
+        @pytest.mark.unkey_emulator(capacity=8, faults=Faults(latency=0.05))
+        def test_under_load(unkey_emulator): ...
     """
     from airflow_provider_unkey.testing.emulator import UnkeyEmulator
 

@@ -147,7 +147,17 @@ class RequestRecord:
     :param started: :func:`time.monotonic` when the request line was read.
     :param finished: :func:`time.monotonic` just before the answer was written.
     :param fault: the fault that shaped the answer (``"latency"``, ``"error"``, ``"rate_limit_storm"``,
-        ``"reset"``, ``"drop_after_commit"``), else ``None``.
+        ``"reset"``, ``"drop_after_commit"``), ``"queue_timeout"`` for a 408 given while waiting for
+        a capacity slot, else ``None``.
+    :param queued: seconds the request waited for a capacity slot (0 when it got one at once or never
+        asked: requests answered before the server processes them, such as 401s and the rate limit's
+        429s, take no slot).
+    :param admitted: :func:`time.monotonic` when it got its slot, ``None`` if it never held one.
+    :param released: :func:`time.monotonic` when it gave its slot back (just before ``finished``),
+        ``None`` if it never held one. A slot is released before the next request is granted it, so
+        the intervals ``[admitted, released]`` show how many requests were processed at once.
+    :param in_flight: requests processed at once (this one included) when it got its slot; 0 if it
+        never held one.
     """
 
     method: str
@@ -158,11 +168,22 @@ class RequestRecord:
     started: float
     finished: float
     fault: str | None = None
+    queued: float = 0.0
+    admitted: float | None = None
+    released: float | None = None
+    in_flight: int = 0
 
     @property
     def duration(self) -> float:
         """Seconds between reading the request and answering it."""
         return self.finished - self.started
+
+    @property
+    def processing(self) -> float:
+        """Seconds it held a capacity slot: its simulated processing time and the route's work."""
+        if self.admitted is None or self.released is None:
+            return 0.0
+        return self.released - self.admitted
 
 
 # --- the store -----------------------------------------------------------------------------------------

@@ -48,7 +48,19 @@ class BadFraming(Exception):
 class Request:
     """What a route sees of one HTTP request; the body is read on demand."""
 
-    __slots__ = ("_body", "_rfile", "headers", "method", "path", "request_id", "started")
+    __slots__ = (
+        "_body",
+        "_rfile",
+        "admitted",
+        "headers",
+        "in_flight",
+        "method",
+        "path",
+        "queued",
+        "released",
+        "request_id",
+        "started",
+    )
 
     def __init__(
         self, method: str, path: str, headers: Message[str, str], rfile: BufferedIOBase, request_id: str
@@ -60,6 +72,12 @@ class Request:
         self.request_id = request_id
         self.started = time.monotonic()
         self._body: bytes | None = None
+        # Set by the pipeline's capacity: seconds waited for a slot, when one was granted and given
+        # back, and how many requests (this one included) were processed at once when it was granted.
+        self.queued = 0.0
+        self.admitted: float | None = None
+        self.released: float | None = None
+        self.in_flight = 0
 
     def content_length(self) -> int | None:
         """``Content-Length``, or ``None`` without one; :raises BadFraming: when it is not a size."""
@@ -244,7 +262,18 @@ class Handler(BaseHTTPRequestHandler):
         # Log before answering: a client that has its answer must find the request in the log.
         app._record(
             RequestRecord(
-                req.method, req.path, status, req.request_id, reply.hashes, req.started, finished, reply.fault
+                req.method,
+                req.path,
+                status,
+                req.request_id,
+                reply.hashes,
+                req.started,
+                finished,
+                reply.fault,
+                queued=req.queued,
+                admitted=req.admitted,
+                released=req.released,
+                in_flight=req.in_flight,
             )
         )
         if reply.action == RESET:
