@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Airflow reads AIRFLOW_HOME at import: keep the demo's state inside the checkout, never in ~/airflow.
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 
-.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger clean
+.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ bench: setup
 bench-ledger: setup
 	$(BIN)/python -m benchmarks.ledger_cost --keys 200000 --pairs 6 --latencies 0 0.05 0.2
 	$(BIN)/python -m benchmarks.ledger_memory --hashes 1000000 10000000
+
+## Throughput against the peers (naive loop, unkey.py SDK, dlt, the limit), ~15 minutes (docs/performance.md).
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+bench-throughput: $(BIN)/.bench-installed
+	$(BIN)/python -m benchmarks.throughput_suite
 
 clean:
 	rm -rf $(VENV) airflow_home .mypy_cache .ruff_cache .pytest_cache
