@@ -1,16 +1,27 @@
-"""Deduplicate hashes across a whole source in compact memory.
+"""Deduplicate hashes across a whole source in bounded memory.
 
 A Python ``set`` of 100 million hash strings would take about 10 GB; here each seen hash costs 40
 bytes: its digest, split into an 8-byte prefix (a uint64, which sorts and searches fast) and the
 24-byte rest, and an 8-byte source row number. They are kept in runs sorted by prefix, in a small
-log-structured merge: new digests gather in small runs, which merge into runs of growing size, so
-there are about log2(n) runs and a lookup is one binary search per run. A merge places two sorted runs
-into one without sorting again, so its peak is the two runs and their merge, not a sort's copies.
+log-structured merge (:class:`~airflow_provider_unkey.migration.spill.SortedRuns`): new digests
+gather in small runs, which merge into runs of growing size, so there are about log2(n) runs and a
+lookup is one binary search per run. A merge places two sorted runs into one without sorting again,
+so its peak is the two runs and their merge, not a sort's copies.
+
+Past a memory budget (32 MiB by default) the runs go to disk, as sorted files read back a few
+blocks at a time, behind a fixed-size Bloom filter: memory stays about the same at any input size
+(see :mod:`airflow_provider_unkey.migration.spill`).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from airflow_provider_unkey.migration.spill import DEFAULT_MEMORY_BUDGET, SortedRuns, _Run
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "DigestSet", "_Run", "_prefix"]
 
 _VOID = np.dtype("V32")
 _TAIL = np.dtype("V24")
@@ -32,82 +43,62 @@ def _tail(digest_rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(digest_rows[:, 8:], dtype=np.uint8).view(_TAIL).reshape(len(digest_rows))
 
 
-class _Run:
-    """Digests sorted by prefix (as prefix and tail), with their source rows."""
-
-    __slots__ = ("prefixes", "rows", "tails")
-
-    def __init__(
-        self, prefixes: np.ndarray, tails: np.ndarray, rows: np.ndarray, *, is_sorted: bool = False
-    ) -> None:
-        if not is_sorted:
-            order = np.argsort(prefixes, kind="stable")
-            prefixes, tails, rows = prefixes[order], tails[order], rows[order]
-        self.prefixes = prefixes
-        self.tails = tails
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.prefixes)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.prefixes.nbytes + self.tails.nbytes + self.rows.nbytes)
-
-    def lookup(self, prefixes: np.ndarray, tails: np.ndarray, found: np.ndarray) -> None:
-        """Fill ``found`` (where still -1) with the row of each digest present in this run."""
-        left = np.searchsorted(self.prefixes, prefixes, side="left")
-        inside = left < len(self.prefixes)
-        candidate = np.where(inside, left, 0)
-        prefix_hit = inside & (self.prefixes[candidate] == prefixes) & (found < 0)
-        exact = prefix_hit & (self.tails[candidate] == tails)
-        found[exact] = self.rows[candidate[exact]]
-        # Distinct digests sharing 8 leading bytes: rare (about 1 in 2**64 per pair); scan that range.
-        for i in np.flatnonzero(prefix_hit & ~exact):
-            j = int(left[i])
-            while j < len(self.prefixes) and self.prefixes[j] == prefixes[i]:
-                if self.tails[j] == tails[i]:
-                    found[i] = self.rows[j]
-                    break
-                j += 1
-
-    @staticmethod
-    def merge(older: _Run, newer: _Run) -> _Run:
-        """One run of both, sorted, without a sort: each element's place is computed directly."""
-        n = len(older) + len(newer)
-        # After the older elements of equal prefix, so the merge is stable.
-        place_newer = np.searchsorted(older.prefixes, newer.prefixes, side="right") + np.arange(len(newer))
-        is_newer = np.zeros(n, dtype=bool)
-        is_newer[place_newer] = True
-        merged = []
-        for a, b in ((older.prefixes, newer.prefixes), (older.tails, newer.tails), (older.rows, newer.rows)):
-            out = np.empty(n, dtype=a.dtype)
-            out[place_newer] = b
-            out[~is_newer] = a
-            merged.append(out)
-        return _Run(*merged, is_sorted=True)
-
-
 class DigestSet:
     """The digests seen so far, with the source row of each one's first occurrence.
 
     :param buffer_size: digests gathered in small runs before they are merged into a larger one.
+    :param memory_budget: bytes the set may hold in memory (default 32 MiB, about 260,000 digests
+        before it first spills); past it, digests go to sorted files on disk and memory stays about
+        the same however many digests follow. ``None``: no limit (everything in memory, 40 bytes a
+        digest, about twice that while two runs merge). Zero or negative: ``ValueError``.
+    :param spill_dir: where the spill files go, in a directory of their own made at the first spill
+        and removed by :meth:`close` or when the set is garbage-collected (``None``:
+        :func:`tempfile.gettempdir`). A spilled digest takes 40 bytes of disk.
     """
 
-    def __init__(self, buffer_size: int = 65_536) -> None:
-        self._buffer_size = buffer_size
-        self._runs: list[_Run] = []  # merged runs, largest first
-        self._chunks: list[_Run] = []  # small runs not merged yet
-        self._chunked = 0
-        self._size = 0
+    def __init__(
+        self,
+        buffer_size: int = 65_536,
+        *,
+        memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._index = SortedRuns(
+            _TAIL,
+            np.int64,
+            buffer_size=buffer_size,
+            memory_budget=memory_budget,
+            spill_dir=spill_dir,
+            name="unkey-dedupe-",
+        )
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._index)
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the digests and row numbers."""
-        return sum(r.nbytes for r in self._runs + self._chunks)
+        """Memory held by the digests and row numbers (once spilled, also the filter and sparse indexes)."""
+        return self._index.nbytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the spill files."""
+        return self._index.disk_bytes
+
+    @property
+    def spills(self) -> int:
+        """How many times digests went to disk."""
+        return self._index.spills
+
+    def close(self) -> None:
+        """Remove the spill files; the set must not be used afterwards."""
+        self._index.close()
+
+    def __enter__(self) -> DigestSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def add(self, digest_rows: np.ndarray, source_rows: np.ndarray) -> np.ndarray:
         """Add digests; say which were seen before, in this call or an earlier one.
@@ -124,13 +115,12 @@ class DigestSet:
         rows = np.asarray(source_rows, dtype=np.int64)
         # Sort the call by digest (four uint64 words, faster than 32-byte scalars), stable so the
         # earliest row of a group of equal digests comes first. Sorted queries also make the binary
-        # searches below cache-friendly.
+        # searches below cache-friendly, and the reads of spilled runs contiguous.
         words = contiguous.view(">u8").reshape(n, 4)
         order = np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
         sorted_keys, sorted_prefixes, sorted_tails = keys[order], prefixes[order], tails[order]
         found_sorted = np.full(n, -1, dtype=np.int64)
-        for run in self._runs + self._chunks:
-            run.lookup(sorted_prefixes, sorted_tails, found_sorted)
+        self._index.lookup(sorted_prefixes, sorted_tails, found_sorted)
         found = np.empty(n, dtype=np.int64)
         found[order] = found_sorted
         same_as_previous = np.zeros(n, dtype=bool)
@@ -144,21 +134,5 @@ class DigestSet:
         result = np.where(found >= 0, found, np.where(inner_duplicate, first_in_call, -1))
         new = result < 0
         if new.any():
-            self._chunks.append(_Run(prefixes[new], tails[new], rows[new]))
-            self._chunked += int(new.sum())
-            self._size += int(new.sum())
-            if self._chunked >= self._buffer_size:
-                self._compact()
+            self._index.add(prefixes[new], tails[new], rows[new])
         return result
-
-    def _compact(self) -> None:
-        run = _Run(
-            np.concatenate([r.prefixes for r in self._chunks]),
-            np.concatenate([r.tails for r in self._chunks]),
-            np.concatenate([r.rows for r in self._chunks]),
-        )
-        self._chunks, self._chunked = [], 0
-        # Merge while the newest run is at least half the size of the one before it: log(n) runs.
-        while self._runs and len(self._runs[-1]) <= 2 * len(run):
-            run = _Run.merge(self._runs.pop(), run)
-        self._runs.append(run)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from airflow_provider_unkey.migration import hashes as hash_codec
-from airflow_provider_unkey.migration.dedupe import _prefix, _Run
+from airflow_provider_unkey.migration.dedupe import _prefix
 from airflow_provider_unkey.migration.ledger_base import (
     EXISTS_IN_UNKEY,
     LEDGER_SCHEMA,
@@ -26,6 +26,7 @@ from airflow_provider_unkey.migration.ledger_base import (
     _attempt_marker,
     _Storage,
 )
+from airflow_provider_unkey.migration.spill import DEFAULT_MEMORY_BUDGET, SortedRuns, check_budget
 
 # --- reading ---------------------------------------------------------------------------------------
 
@@ -94,11 +95,19 @@ class KnownHashes:
     ones). A hash is matched on the first 16 bytes of its digest (a 128-bit match: a false match
     among 10^8 keys has a probability of about 10^-23).
 
+    The index is two :class:`~airflow_provider_unkey.migration.spill.SortedRuns`, each merged into one
+    sorted run once loaded: in memory (17 bytes a hash of other runs, 24 of this task instance's
+    earlier tries) while it fits the ``memory_budget`` of :meth:`load`, else on disk behind a sparse
+    index and a Bloom filter, read a few blocks at a time. :meth:`close` (or garbage collection)
+    removes its spill files.
+
     :param records: the earlier tries' outcomes of this task instance that mean the key exists in
         Unkey (``key_id``, ``reason``, ``detail``, ``request_id``, ``try_number``), in index order.
     """
 
-    def __init__(self, mine: _Run | None, others: _Run | None, records: pa.Table, resumed_try: int | None):
+    def __init__(
+        self, mine: SortedRuns | None, others: SortedRuns | None, records: pa.Table, resumed_try: int | None
+    ):
         self._mine = mine
         self._others = others
         self.records = records
@@ -122,6 +131,17 @@ class KnownHashes:
         """Memory held by the index (not counting :attr:`records`)."""
         return sum(int(r.nbytes) for r in (self._mine, self._others) if r is not None)
 
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the index's spill files (0 while it fits its budget)."""
+        return sum(int(r.disk_bytes) for r in (self._mine, self._others) if r is not None)
+
+    def close(self) -> None:
+        """Remove the index's spill files; lookups must not follow."""
+        for index in (self._mine, self._others):
+            if index is not None:
+                index.close()
+
     def lookup(self, digest_rows: np.ndarray) -> Lookup:
         """Which of ``(n, 32)`` digests the ledger knows."""
         n = len(digest_rows)
@@ -142,7 +162,11 @@ class KnownHashes:
     def _scan(
         dataset: ds.Dataset, columns: list[str], filter_: pc.Expression, batch_rows: int
     ) -> Iterator[pa.RecordBatch]:
-        """Batches of the rows that pass ``filter_``, with one batch and one file read ahead at most."""
+        """Batches of the rows that pass ``filter_``, with one batch and one file read ahead at most.
+
+        Without ``pre_buffer``, which reads every row group of a file ahead: memory would grow with
+        the ledger's largest file (a long run's compacted file holds all its records).
+        """
         scanner = dataset.scanner(
             columns=columns,
             filter=filter_,
@@ -150,6 +174,7 @@ class KnownHashes:
             batch_readahead=1,
             fragment_readahead=1,
             use_threads=False,
+            fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
         )
         for batch in scanner.to_batches():
             if batch.num_rows:
@@ -167,7 +192,9 @@ class KnownHashes:
         wire_format: str,
         *,
         filesystem: Any | None = None,
-        batch_rows: int = 262_144,
+        batch_rows: int = 65_536,
+        memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+        spill_dir: str | os.PathLike[str] | None = None,
     ) -> KnownHashes:
         """Read a ledger directory (missing or empty: nothing known).
 
@@ -175,7 +202,13 @@ class KnownHashes:
         :param scope: the current task instance: its earlier tries' records are resumed from.
         :param wire_format: ``sha256_base64`` or ``sha256_hex``: hashes of the other format are ignored.
         :param filesystem: an fsspec filesystem (``None``: local).
+        :param memory_budget: bytes the index may hold in memory (default 32 MiB, about 600,000
+            hashes before it spills; not counting the scan's batches or :attr:`records`); past it, the
+            index goes to sorted files on disk (16 bytes a hash and one or eight for the value).
+            ``None``: no limit. Zero or negative: ``ValueError``.
+        :param spill_dir: where spill files go (``None``: :func:`tempfile.gettempdir`).
         """
+        budget = check_budget(memory_budget)
         storage = _Storage(root, filesystem, create=False)
         if not storage.exists():
             return cls.empty()
@@ -184,11 +217,20 @@ class KnownHashes:
         dataset = storage.dataset()
         exists_filter = pc.field("reason").is_null() | pc.field("reason").isin(list(EXISTS_IN_UNKEY))
         width = 44 if wire_format == "sha256_base64" else 64
-        mine_parts: list[tuple[np.ndarray, np.ndarray]] = []
-        other_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        # ``others``: a single zero byte a hash, only presence matters; ``mine``: the record's index.
+        others = SortedRuns(
+            np.uint64,
+            np.int8,
+            buffer_size=1 << 20,
+            memory_budget=budget,
+            spill_dir=spill_dir,
+            name="unkey-ledger-",
+        )
+        mine: SortedRuns | None = None
         record_parts: list[pa.RecordBatch] = []
         owners = ["dag_id", "run_id", "task_id", "map_index"]
         try:
+            has_mine = False
             # Pass 1, over the whole ledger: only what the index needs, one batch ahead at most.
             for scanned in cls._scan(dataset, ["hash", *owners], exists_filter, batch_rows):
                 batch, digest_rows = _of_wire_format(scanned, wire_format, width)
@@ -196,41 +238,50 @@ class KnownHashes:
                 prefixes, seconds = _words(digest_rows)
                 other = ~same
                 if other.any():
-                    other_parts.append((prefixes[other], seconds[other]))
-                if same.any():
-                    mine_parts.append((prefixes[same], seconds[same]))
-            if mine_parts:
+                    others.add(prefixes[other], seconds[other], np.zeros(int(other.sum()), dtype=np.int8))
+                has_mine = has_mine or bool(same.any())
+            others.seal()
+            if has_mine:
                 # Pass 2, only when earlier tries of this task instance recorded something: their
-                # outcomes, to report again. The filter keeps just their rows.
+                # outcomes, to report again. The filter keeps just their rows. Their index gets what
+                # the other runs' index left of the budget.
+                left = None if budget is None else max(budget - others.nbytes, budget // 8, 1)
+                mine = SortedRuns(
+                    np.uint64,
+                    np.int64,
+                    buffer_size=1 << 20,
+                    memory_budget=left,
+                    spill_dir=spill_dir,
+                    name="unkey-ledger-",
+                )
                 mine_filter = exists_filter & _task_instance_filter(scope)
-                mine_parts = []
+                count = 0
                 for scanned in cls._scan(dataset, [*_RECORDS_SCHEMA.names], mine_filter, batch_rows):
                     batch, digest_rows = _of_wire_format(scanned, wire_format, width)
                     prefixes, seconds = _words(digest_rows)
-                    mine_parts.append((prefixes, seconds))
+                    mine.add(prefixes, seconds, np.arange(count, count + len(prefixes), dtype=np.int64))
+                    count += len(prefixes)
                     record_parts.append(
                         pa.RecordBatch.from_arrays(
                             [batch.column(c) for c in _RECORDS_SCHEMA.names], schema=_RECORDS_SCHEMA
                         )
                     )
+                mine.seal()
         except (OSError, pa.ArrowInvalid) as exc:
+            others.close()
+            if mine is not None:
+                mine.close()
             raise LedgerError(f"the ledger {storage.root} cannot be read: {exc}") from exc
         finally:
             pa.default_memory_pool().release_unused()  # the scan's buffers, back to the system
 
-        def build(parts: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None) -> _Run | None:
-            if not parts:
-                return None
-            prefixes = np.concatenate([p for p, _ in parts])
-            seconds = np.concatenate([s for _, s in parts])
-            # ``rows``: what a lookup returns; a single zero byte a hash where only presence matters.
-            values = rows if rows is not None else np.zeros(len(prefixes), dtype=np.int8)
-            return _Run(prefixes, seconds, values)
-
         records = pa.Table.from_batches(record_parts, schema=_RECORDS_SCHEMA)
-        mine = build(mine_parts, np.arange(records.num_rows, dtype=np.int64))
-        others = build(other_parts, None)
-        return cls(mine, others, records, resumed)
+        return cls(
+            mine if mine is not None and len(mine) else None,
+            others if len(others) else None,
+            records,
+            resumed,
+        )
 
 
 #: What a retry keeps of its earlier tries' records, to report their outcomes again.

@@ -135,7 +135,7 @@ def test_compaction_boundaries_and_logarithmic_runs() -> None:
         assert again.tolist() == list(ref.first.values())
         total += n
     assert len(ours) == len(ref.first) == total
-    merged = len(ours._runs)
+    merged = len(ours._index.memory_runs)
     assert merged <= math.log2(total / buffer_size) + 2
     assert ours.nbytes == total * (8 + 24 + 8)  # prefix, rest of the digest, source row
 
