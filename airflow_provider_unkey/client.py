@@ -30,6 +30,7 @@ from tenacity import (
 from airflow_provider_unkey import __version__
 from airflow_provider_unkey.exceptions import (
     FieldError,
+    UnkeyAPIError,
     UnkeyConfigurationError,
     UnkeyError,
     UnkeyPayloadTooLargeError,
@@ -38,6 +39,8 @@ from airflow_provider_unkey.exceptions import (
 )
 from airflow_provider_unkey.retries import (
     RETRYABLE_STATUSES,
+    Attempt,
+    RateLimitState,
     RetryPolicy,
     _parse_retry_after,
     _Wait,
@@ -54,7 +57,9 @@ __all__ = [
     "USER_AGENT",
     "VERIFY_KEY_PATH",
     "ApiInfo",
+    "Attempt",
     "MigrateKeysResult",
+    "RateLimitState",
     "RetryPolicy",
     "UnkeyClient",
     "VerifyKeyResult",
@@ -192,6 +197,9 @@ class UnkeyClient:
         self.verify = verify
         self.pool_size = pool_size
         self.on_retry = on_retry
+        #: Called with an :class:`~airflow_provider_unkey.retries.Attempt` after every HTTP attempt, in
+        #: the thread that made it; the engine's throughput controls learn from these.
+        self.observers: list[Callable[[Attempt], None]] = []
         self._session_lock = threading.Lock()
         self._session: requests.Session | None = None
 
@@ -277,7 +285,9 @@ class UnkeyClient:
             rate_limit=rate_limit,
         )
 
-    def _send_once(self, method: str, path: str, body: bytes | None, authenticate: bool) -> dict[str, Any]:
+    def _send_once(
+        self, method: str, path: str, body: bytes | None, authenticate: bool
+    ) -> tuple[dict[str, Any], Mapping[str, str]]:
         try:
             response = self.session.request(
                 method,
@@ -309,7 +319,27 @@ class UnkeyClient:
             ) from None
         if not isinstance(payload, dict):
             raise UnkeyError(f"Unkey answered {path} with a JSON body that is not an object")
-        return payload
+        return payload, response.headers
+
+    def _observe(
+        self,
+        path: str,
+        status: int | None,
+        started: float,
+        headers: Mapping[str, str],
+        retry_after: float | None,
+    ) -> None:
+        if not self.observers:
+            return
+        ended = time.monotonic()
+        attempt = Attempt(
+            path, status, ended - started, ended, RateLimitState.from_headers(headers), retry_after
+        )
+        for observer in list(self.observers):
+            try:
+                observer(attempt)
+            except Exception:  # an observer must never break a request
+                log.exception("an observer of Unkey attempts failed")
 
     def request(
         self, method: str, path: str, body: bytes | None = None, *, retry: RetryPolicy | None = None
@@ -353,12 +383,18 @@ class UnkeyClient:
             for attempt in retrying:
                 with attempt:
                     attempts += 1
+                    started = time.monotonic()
                     try:
-                        payload = self._send_once(method, path, body, path != LIVENESS_PATH)
+                        payload, headers = self._send_once(method, path, body, path != LIVENESS_PATH)
                     except UnkeyTransportError as exc:
                         if exc.sent:
                             unanswered += 1
+                        self._observe(path, None, started, {}, None)
                         raise
+                    except UnkeyAPIError as exc:
+                        self._observe(path, exc.status, started, exc.rate_limit, exc.retry_after)
+                        raise
+                    self._observe(path, 200, started, headers, None)
         except UnkeyError as exc:
             # The caller needs to know whether an earlier attempt may have been committed.
             exc.attempts, exc.unanswered_attempts = attempts, unanswered

@@ -185,3 +185,52 @@ def may_have_been_sent(exc: BaseException) -> bool:
         if isinstance(link, _MAY_BE_SENT):
             return True
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """The workspace rate limit as one answer's ``RateLimit-*`` headers state it.
+
+    :param limit: requests allowed per window (``RateLimit-Limit``).
+    :param remaining: requests left in the current window (``RateLimit-Remaining``).
+    :param reset: seconds until the window frees capacity (``RateLimit-Reset``, whole seconds).
+    """
+
+    limit: int
+    remaining: int
+    reset: float
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitState | None:
+        """The state the headers give, or ``None`` when they are absent or not numbers."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        try:
+            limit = int(lowered["ratelimit-limit"])
+            remaining = int(lowered["ratelimit-remaining"])
+            reset = float(lowered["ratelimit-reset"])
+        except (KeyError, ValueError):
+            return None
+        if limit < 0 or remaining < 0 or not math.isfinite(reset) or reset < 0:
+            return None
+        return cls(limit, remaining, reset)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt, as :attr:`UnkeyClient.observers <airflow_provider_unkey.client.UnkeyClient.observers>`
+    see it: what the throughput controls of the engine learn from.
+
+    :param path: the API path.
+    :param status: the HTTP status, or ``None`` when no response came.
+    :param seconds: from sending to the end of the answer (or the failure).
+    :param ended: :func:`time.monotonic` when it ended.
+    :param rate_limit: the rate limit the answer stated, if it did.
+    :param retry_after: seconds the server asked to wait (429, 503), if it did.
+    """
+
+    path: str
+    status: int | None
+    seconds: float
+    ended: float
+    rate_limit: RateLimitState | None = None
+    retry_after: float | None = None

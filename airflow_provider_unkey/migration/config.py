@@ -83,7 +83,9 @@ class MigrationConfig:
     :param batch_size: keys per request.
     :param max_request_bytes: bytes per request body, between :data:`MIN_REQUEST_BYTES` and Unkey's
         limit (:data:`~airflow_provider_unkey.rules.MAX_BODY_BYTES`).
-    :param max_concurrency: requests in flight at once.
+    :param max_concurrency: the most requests in flight at once (with ``adaptive``, the cap).
+    :param adaptive: find the concurrency and, under a rate limit, the batch size as the run goes;
+        ``False`` keeps ``max_concurrency`` requests in flight and ``batch_size`` keys in each.
     :param retry: the retry policy for batches (``None``: the client's).
     :param dry_run: read, validate, deduplicate and batch, but send nothing.
     :param progress_interval: seconds between progress lines (0: a line after every batch).
@@ -100,6 +102,7 @@ class MigrationConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    adaptive: bool = True
     retry: RetryPolicy | None = None
     dry_run: bool = False
     progress_interval: float = 5.0
@@ -125,6 +128,7 @@ class MigrationConfig:
                 f" got {self.max_request_bytes}"
             )
         _check_count("max_concurrency", self.max_concurrency)
+        _check_flag("adaptive", self.adaptive)
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy or None, got {type(self.retry).__name__}")
         _check_flag("dry_run", self.dry_run)

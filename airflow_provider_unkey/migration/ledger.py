@@ -15,8 +15,8 @@ with SIGKILL therefore loses at most the outcomes of the last ``flush_interval``
 requests that were in flight. Each segment's rows also go, as it is written, into the try's
 compacted file, which is put in place when the run ends (and the segments it holds deleted).
 
-:class:`KnownHashes` reads a ledger back into a compact index (17 bytes a hash; 10 million hashes
-take 162 MiB) and says, for a batch of digests, which ones an earlier try of the same task instance
+:class:`KnownHashes` reads a ledger back into a compact index (17 bytes a hash in memory up to its
+memory budget, 32 MiB by default, then on disk) and says, for a batch of digests, which ones an earlier try of the same task instance
 recorded (with their outcome, to report again) and which ones other runs know to exist in Unkey (to
 skip).
 """

@@ -32,6 +32,8 @@ class Progress:
         self.emit = emit or log.info
         self.started = time.monotonic()
         self._last = self.started
+        #: Appended to each line: the engine's throughput controls (concurrency, batch size, pace).
+        self.detail: Callable[[], str] | None = None
 
     def maybe_log(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -50,9 +52,10 @@ class Progress:
         skipped = (
             f", skipped (in the ledger) {self.writer.skipped_count:,}" if self.writer.skipped_count else ""
         )
+        detail = f"; {self.detail()}" if self.detail is not None else ""
         self.emit(
             f"{position}, {rate:,.0f} keys/s; migrated {self.writer.migrated_count:,}, failed: {reasons}"
-            f"{skipped}"
+            f"{skipped}{detail}"
         )
 
 
@@ -81,6 +84,9 @@ class MigrationSummary:
     prepare_seconds: float = 0.0
     keys_per_second: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
+    #: Where the throughput controls ended: concurrency (final, peak, cap), keys a request, seconds
+    #: spent pacing to the rate limit, answers that were 429.
+    throttle: dict[str, float | int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for XCom)."""

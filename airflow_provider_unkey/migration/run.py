@@ -213,6 +213,7 @@ def run_migration(
 
     aborted: MigrationAborted | None = None
     requests = 0
+    throttle: dict[str, float | int] = {}
     try:
         if dry_run:
             for batch in batches():
@@ -232,6 +233,7 @@ def run_migration(
                 progress=progress,
                 abort_event=abort,
                 resumed_try=resumed_try,
+                adaptive=config.adaptive,
             )
             control.engine = engine
             try:
@@ -239,8 +241,10 @@ def run_migration(
             except MigrationAborted as exc:
                 aborted = exc
             state["batches"], requests = engine.batches, engine.requests
+            throttle = engine.throttle_summary()
     finally:
         writer.close()
+        dedupe.close()  # its spill files, if it had to spill
     progress.maybe_log(force=True)
     duration = time.monotonic() - started
     summary = MigrationSummary(
@@ -260,6 +264,7 @@ def run_migration(
         prepare_seconds=round(state["prepare"], 3),
         keys_per_second=round(state["rows"] / duration, 1) if duration > 0 else 0.0,
         outputs={"migrated": str(writer.migrated_path), "failed": str(writer.failed_path)},
+        throttle=throttle,
     )
     if writer.skipped_path is not None:
         summary.outputs["skipped"] = str(writer.skipped_path)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
+from airflow_provider_unkey.client import MIGRATE_KEYS_PATH, Attempt, RetryPolicy, UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyError, UnkeyTransportError
 from airflow_provider_unkey.migration.batching import Batch, Batcher
 from airflow_provider_unkey.migration.failures import (
@@ -28,11 +29,21 @@ from airflow_provider_unkey.migration.failures import (
 )
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Stage
 from airflow_provider_unkey.migration.reporting import Progress
+from airflow_provider_unkey.migration.throttle import (
+    INITIAL_CONCURRENCY,
+    BatchSizer,
+    ConcurrencyLimiter,
+    RatePacer,
+)
 
 log = logging.getLogger(__name__)
 
-#: Chosen from the benchmarks (see docs/benchmarks.md).
-DEFAULT_MAX_CONCURRENCY = 4
+#: The cap of requests in flight; the limiter finds the number below it (see docs/performance.md).
+DEFAULT_MAX_CONCURRENCY = 32
+#: The largest batch the sizer grows to under a rate limit (the byte cap still applies).
+MAX_ADAPTIVE_BATCH_SIZE = 50_000
+#: Seconds between the checks whether the batch may grow.
+_GROW_EVERY = 1.0
 #: Added to a failure's detail when a request carrying the key got no response.
 _MAYBE_CREATED = (
     "; a request carrying this key got no response, so Unkey may have created it (a rerun reports it as"
@@ -49,10 +60,20 @@ class MigrationEngine:
     batch goes out, keys not yet sent are recorded ``not_sent``, and :class:`MigrationAborted` says what
     to fix.
 
+    How fast it sends is found as it goes (:mod:`~airflow_provider_unkey.migration.throttle`): a
+    :class:`~airflow_provider_unkey.migration.throttle.ConcurrencyLimiter` decides how many requests to
+    keep in flight, up to ``max_concurrency``; a :class:`~airflow_provider_unkey.migration.throttle.RatePacer`
+    spaces them to the workspace rate limit the answers state; and under that limit a
+    :class:`~airflow_provider_unkey.migration.throttle.BatchSizer` lets requests carry more keys.
+
     :param client: the Unkey client (its pool should hold ``max_concurrency`` connections).
-    :param batcher: builds request bodies.
+    :param batcher: builds request bodies; under a rate limit the engine raises its ``batch_size``.
     :param writer: where outcomes go.
-    :param max_concurrency: requests in flight at once.
+    :param max_concurrency: the most requests in flight at once (with ``adaptive``, a cap; without,
+        the number).
+    :param adaptive: find the concurrency and, under a rate limit, the batch size; ``False`` keeps
+        ``max_concurrency`` requests in flight and the batch size as configured. Pacing to the rate
+        limit is always on.
     :param retry: the retry policy for batches (default: the client's).
     :param progress: logs progress between batches.
     :param abort_event: set when the run must stop; the source should stop reading then.
@@ -74,6 +95,7 @@ class MigrationEngine:
         progress: Progress | None = None,
         abort_event: threading.Event | None = None,
         resumed_try: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -100,6 +122,77 @@ class MigrationEngine:
         self._lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition()
+        self.adaptive = adaptive
+        self.limiter = (
+            ConcurrencyLimiter(min(INITIAL_CONCURRENCY, max_concurrency), max_concurrency)
+            if adaptive
+            else None
+        )
+        self.pacer = RatePacer()
+        self.sizer = (
+            BatchSizer(batcher.batch_size, max(batcher.batch_size, MAX_ADAPTIVE_BATCH_SIZE))
+            if adaptive
+            else None
+        )
+        self._local = threading.local()
+        self._in_flight = 0
+        self._waited_at_last_grow = 0.0
+        self._last_grow_check = 0.0
+
+    # --- what the answers teach ------------------------------------------------------------------------
+    def _observe(self, attempt: Attempt) -> None:
+        """Called by the client after each HTTP attempt, in the worker thread that made it."""
+        if attempt.path != MIGRATE_KEYS_PATH:
+            return
+        keys = int(getattr(self._local, "keys", 0))
+        self.pacer.observe(attempt)
+        if self.limiter is not None:
+            full = keys >= max(1, self.batcher.batch_size // 2)
+            self.limiter.on_answer(attempt.seconds, keys, attempt.status, full)
+        if self.sizer is not None and self.sizer.on_answer(attempt.seconds, keys, attempt.status):
+            self.batcher.batch_size = self.sizer.size
+            if self.limiter is not None:
+                self.limiter.forget_floor()
+
+    def _maybe_grow_batches(self) -> None:
+        """Under a rate limit that holds the run back, put more keys in each request."""
+        if self.sizer is None or not self.pacer.limited:
+            return
+        now = time.monotonic()
+        if now - self._last_grow_check < _GROW_EVERY:
+            return
+        self._last_grow_check = now
+        waited = self.pacer.waited
+        binding = waited > self._waited_at_last_grow
+        self._waited_at_last_grow = waited
+        if binding and self.sizer.grow():
+            self.batcher.batch_size = self.sizer.size
+            if self.limiter is not None:
+                self.limiter.forget_floor()
+
+    def concurrency(self) -> int:
+        """Requests to keep in flight now."""
+        return self.limiter.limit if self.limiter is not None else self.max_concurrency
+
+    def describe(self) -> str:
+        """The throughput controls' state, for progress lines."""
+        parts = [f"in flight {self._in_flight}, limit {self.concurrency()}/{self.max_concurrency}"]
+        parts.append(f"{self.batcher.batch_size:,} keys a request")
+        rate = self.pacer.rate()
+        if rate is not None:
+            parts.append(f"paced to {rate:.1f} req/s by the rate limit")
+        return ", ".join(parts)
+
+    def throttle_summary(self) -> dict[str, float | int]:
+        """What the throughput controls ended at, for the summary."""
+        return {
+            "max_concurrency": self.max_concurrency,
+            "final_concurrency": self.concurrency(),
+            "peak_concurrency": self.limiter.peak if self.limiter is not None else self.max_concurrency,
+            "final_batch_size": self.batcher.batch_size,
+            "paced_seconds": round(self.pacer.waited, 3),
+            "rate_limited_answers": self.pacer.refused,
+        }
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no batch is being sent (at most ``timeout`` seconds); say whether that happened."""
@@ -187,18 +280,25 @@ class MigrationEngine:
             part = stack.pop()
             if not len(part):
                 continue
-            if self._abort.is_set():
+            if self._abort.is_set() or not self.pacer.acquire(self._abort):
                 self._not_sent(part)
                 continue
+            self._local.keys = len(part)
             try:
                 with self._lock:
                     self.requests += 1
-                result = self.client.migrate_keys(
-                    self.migration_id,
-                    self.api_id,
-                    self.batcher.body(part),
-                    retry=self.batch_retry if len(part) > 1 else self.single_retry,
-                )
+                    self._in_flight += 1
+                try:
+                    result = self.client.migrate_keys(
+                        self.migration_id,
+                        self.api_id,
+                        self.batcher.body(part),
+                        retry=self.batch_retry if len(part) > 1 else self.single_retry,
+                    )
+                finally:
+                    self.pacer.release()
+                    with self._lock:
+                        self._in_flight -= 1
             except (UnkeyAPIError, UnkeyTransportError) as exc:
                 action = classify(exc, len(part))
                 lost = exc.unanswered_attempts > 0
@@ -265,42 +365,54 @@ class MigrationEngine:
     def run(self, batches: Iterable[Batch]) -> None:
         """Send every batch; return when all have an outcome.
 
-        At most ``2 * max_concurrency`` batches are held at once, so memory stays flat however long
-        the input is.
+        At most the concurrency limit of batches (``2 * max_concurrency`` when not ``adaptive``) are
+        held at once, so memory stays flat however long the input is.
 
         :raises MigrationAborted: after the in-flight batches ended, when Unkey refused the root key,
             its permissions, the API or the migration.
         """
         in_flight: set[Future[None]] = set()
-        limit = 2 * self.max_concurrency
-        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="unkey-migrate") as pool:
-            try:
-                for batch in batches:
-                    if self._abort.is_set():
-                        # Keep draining: the source stops reading (it watches abort_event), and what
-                        # it had read gets its outcome.
-                        self._not_sent(batch)
-                        continue
-                    while len(in_flight) >= limit:
-                        done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            future.result()
+        self.client.observers.append(self._observe)
+        if self.progress is not None:
+            self.progress.detail = self.describe
+
+        def room() -> int:
+            # Adaptive: exactly the limiter's number in flight (the next batch is already built while
+            # they run). Fixed: twice the number, so that a worker never waits for the next batch.
+            return self.concurrency() if self.adaptive else 2 * self.max_concurrency
+
+        def reap(pending: set[Future[None]]) -> set[Future[None]]:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+            self._maybe_grow_batches()
+            if self.progress:
+                self.progress.maybe_log()
+            return pending
+
+        try:
+            with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="unkey-migrate") as pool:
+                try:
+                    for batch in batches:
+                        if self._abort.is_set():
+                            # Keep draining: the source stops reading (it watches abort_event), and
+                            # what it had read gets its outcome.
+                            self._not_sent(batch)
+                            continue
+                        while len(in_flight) >= room():
+                            in_flight = reap(in_flight)
+                        self.batches += 1
+                        with self._idle:
+                            self._active += 1
+                        in_flight.add(pool.submit(self._send, batch))
                         if self.progress:
                             self.progress.maybe_log()
-                    self.batches += 1
-                    with self._idle:
-                        self._active += 1
-                    in_flight.add(pool.submit(self._send, batch))
-                    if self.progress:
-                        self.progress.maybe_log()
-                while in_flight:
-                    done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                    if self.progress:
-                        self.progress.maybe_log()
-            except BaseException:
-                self._abort.set()
-                raise
+                    while in_flight:
+                        in_flight = reap(in_flight)
+                except BaseException:
+                    self._abort.set()
+                    raise
+        finally:
+            self.client.observers.remove(self._observe)
         if self._fatal is not None:
             raise MigrationAborted(_what_to_fix(self._fatal, self.migration_id, self.api_id), self._fatal)

@@ -81,11 +81,16 @@ class MigrateKeysOperator(BaseOperator):
     :param migration_id: the migration id Unkey support set up. Templated.
     :param api_id: the API the keys go to. Templated.
     :param unkey_conn_id: the ``unkey`` connection.
-    :param batch_size: keys per request.
+    :param batch_size: keys per request; under a workspace rate limit that holds the run back, the
+        task raises it (up to ``max_request_bytes`` and a quarter of Unkey's 60 s timeout).
     :param max_request_bytes: bytes per request body, well below Unkey's 10 MiB.
-    :param max_concurrency: requests in flight at once in this task. With an Airflow ``pool``, the task
+    :param max_concurrency: the most requests in flight at once in this task. The task finds the
+        right number below it from the latency and errors of the answers (``adaptive``), and paces
+        its requests to the workspace rate limit the answers state. With an Airflow ``pool``, the task
         takes ``max_concurrency`` slots (unless ``pool_slots`` is given), so the pool's size bounds the
         concurrent requests of all tasks that share it, mapped ones included.
+    :param adaptive: find the concurrency and the batch size as the run goes (the default); ``False``
+        keeps exactly ``max_concurrency`` requests in flight and ``batch_size`` keys in each.
     :param dry_run: read, validate, deduplicate and batch; report what would be sent; call nothing.
 
     Outputs:
@@ -151,6 +156,7 @@ class MigrateKeysOperator(BaseOperator):
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive: bool = True,
         output_path: str | None = None,
         ledger_path: str | None = None,
         list_skipped: bool = False,
@@ -195,6 +201,7 @@ class MigrateKeysOperator(BaseOperator):
         self.batch_size = batch_size
         self.max_request_bytes = max_request_bytes
         self.max_concurrency = max_concurrency
+        self.adaptive = adaptive
         self.output_path = output_path
         self.ledger_path = ledger_path
         self.list_skipped = list_skipped
@@ -240,6 +247,7 @@ class MigrateKeysOperator(BaseOperator):
             batch_size=self.batch_size,
             max_request_bytes=self.max_request_bytes,
             max_concurrency=self.max_concurrency,
+            adaptive=self.adaptive,
             dry_run=self.send_nothing,
             progress_interval=self.progress_interval,
             list_skipped=self.list_skipped,
@@ -396,6 +404,8 @@ class MigrateKeysOperator(BaseOperator):
                 # nowhere else (Unkey answers those hashes as existing from now on).
                 self._save_partial_outputs(work_dir, output_path)
                 raise
+            finally:
+                known.close()  # the index's spill files, if it had to spill
             outputs = io.upload_outputs(work_dir, output_path)
             summary.outputs = {**outputs, "ledger": str(ledger_path)}
             if self.output_conn_id and self.output_table_prefix:

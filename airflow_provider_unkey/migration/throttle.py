@@ -1,0 +1,302 @@
+"""Throughput that finds its own speed: how many requests to keep in flight, how fast to send them, and
+how many keys to put in each.
+
+Nothing here imports Airflow. The engine feeds every HTTP attempt (:class:`~airflow_provider_unkey.retries.Attempt`,
+seen through :attr:`UnkeyClient.observers <airflow_provider_unkey.client.UnkeyClient.observers>`) to
+three controls:
+
+* :class:`ConcurrencyLimiter` — requests in flight, found the way TCP Vegas and Netflix's
+  concurrency-limits find a window: grow while latency stays near its floor (doubling at first, then
+  one at a time), back off in proportion when latency rises (a server queueing requests), and by a
+  quarter on a 408, 5xx or a request without an answer. ``max_concurrency`` is only its cap.
+* :class:`RatePacer` — the workspace rate limit. Every answer states ``RateLimit-Remaining`` and
+  ``RateLimit-Reset``; requests are spaced so the remaining ones last until the window frees capacity.
+  Tasks that share a workspace each see the others' requests in ``Remaining``, so their pace falls
+  together and the limit is reached without being crossed.
+* :class:`BatchSizer` — keys per request. When the rate limit, not the server, is what holds the run
+  back, more keys per request is more keys per second: the batch doubles while the observed time per
+  key says a request still ends well inside the server's 60 s timeout, and halves when a request
+  comes near it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+from airflow_provider_unkey.retries import Attempt, RateLimitState
+from airflow_provider_unkey.rules import SERVER_TIMEOUT_SECONDS
+
+#: Requests in flight a run starts with: one, so that the first answers show the latency of a server
+#: that is not busy with this run (slow start doubles from there each round).
+INITIAL_CONCURRENCY = 1
+#: Every this many rounds, one round runs at half the limit to measure the floor afresh.
+PROBE_EVERY = 50
+
+
+class ConcurrencyLimiter:
+    """How many requests to keep in flight: additive increase, latency-proportional decrease.
+
+    Latency is judged on requests of at least half the current batch size (a small tail batch or a
+    split half is faster, and says nothing about the server's queue). A *round* is as many answers as
+    the limit; at its end the round's median latency is compared with the floor (the lowest latency
+    seen; every :data:`PROBE_EVERY` rounds one round runs at half the limit and its median becomes the
+    floor, so that it follows a server that became slower without creeping up with this run's own
+    queue):
+
+    * at most ``grow_below`` times the floor: grow (double while the round's throughput still rose
+      by a tenth, then one at a time);
+    * above ``shrink_above`` times the floor: shrink in proportion, towards ``grow_below``;
+    * in between: hold.
+
+    A 408, a 5xx or an attempt without an answer shrinks the limit by a quarter, at most once a round.
+    A 429 is the rate limit's business (:class:`RatePacer`), not a sign of a queue.
+
+    :param initial: the limit to start from.
+    :param maximum: the cap (``max_concurrency``).
+    :param minimum: the floor of the limit.
+    :param grow_below: latency ratio to the floor under which the limit grows.
+    :param shrink_above: latency ratio to the floor above which it shrinks.
+    :param clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        initial: int = INITIAL_CONCURRENCY,
+        maximum: int = 32,
+        *,
+        minimum: int = 1,
+        grow_below: float = 1.25,
+        shrink_above: float = 1.6,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= minimum <= maximum:
+            raise ValueError(f"need 1 <= minimum <= maximum, got {minimum} and {maximum}")
+        self.minimum, self.maximum = minimum, maximum
+        self.grow_below, self.shrink_above = grow_below, shrink_above
+        self._clock = clock
+        self._limit = float(min(max(initial, minimum), maximum))
+        self._floor = math.inf
+        self._rounds = 0
+        self._probing: float | None = None  # the limit to return to after a probe round
+        self._slow_start = True
+        self._latencies: list[float] = []
+        self._answers = 0
+        self._keys = 0
+        self._round_started = clock()
+        self._last_throughput = 0.0
+        self._cut_this_round = False
+        self._lock = threading.Lock()
+        #: The highest limit reached, for the summary.
+        self.peak = self.limit
+
+    @property
+    def limit(self) -> int:
+        """Requests to keep in flight now."""
+        return max(self.minimum, min(self.maximum, int(self._limit)))
+
+    def forget_floor(self) -> None:
+        """Start the latency floor afresh (the batch size changed, so latencies do too)."""
+        with self._lock:
+            self._floor = math.inf
+            self._latencies.clear()
+
+    def on_answer(self, seconds: float, keys: int, status: int | None, full: bool) -> None:
+        """Learn from one attempt.
+
+        :param seconds: its latency.
+        :param keys: keys it carried.
+        :param status: its HTTP status, ``None`` for no answer.
+        :param full: it carried at least half the current batch size.
+        """
+        with self._lock:
+            overloaded = status is None or status == 408 or status >= 500
+            if overloaded and not self._cut_this_round:
+                self._limit = max(self.minimum, self._limit * 0.75)
+                self._slow_start = False
+                self._cut_this_round = True
+            if status == 200:
+                self._keys += keys
+                if full:
+                    self._latencies.append(seconds)
+                    self._floor = min(self._floor, seconds)
+            self._answers += 1
+            if self._answers >= self.limit:
+                self._end_round()
+            self.peak = max(self.peak, self.limit)
+
+    def _end_round(self) -> None:
+        now = self._clock()
+        elapsed = max(now - self._round_started, 1e-9)
+        throughput = self._keys / elapsed
+        self._rounds += 1
+        if self._probing is not None:
+            # A probe round, at half the limit: its latency is the floor now.
+            if self._latencies:
+                self._floor = statistics.median(self._latencies)
+            self._limit, self._probing = self._probing, None
+        elif self._latencies and not self._cut_this_round:
+            ratio = statistics.median(self._latencies) / self._floor
+            if ratio <= self.grow_below:
+                if self._slow_start and throughput >= 1.1 * self._last_throughput:
+                    self._limit = min(self.maximum, self._limit * 2)
+                else:
+                    self._slow_start = False
+                    self._limit = min(self.maximum, self._limit + 1)
+            elif ratio > self.shrink_above:
+                self._slow_start = False
+                self._limit = max(self.minimum, self._limit * self.grow_below / ratio)
+            self._last_throughput = throughput
+        if self._rounds % PROBE_EVERY == 0 and self._probing is None and self._limit >= 2:
+            self._probing, self._limit = self._limit, self._limit / 2
+        self._latencies.clear()
+        self._answers = self._keys = 0
+        self._round_started = now
+        self._cut_this_round = False
+
+
+class RatePacer:
+    """Spaces requests so that the workspace rate limit is used up, not crossed.
+
+    From the latest answer's ``RateLimit-Remaining`` (less the requests this run started since) and
+    ``RateLimit-Reset``, the next request may go ``reset / remaining`` seconds after the last. With
+    nothing remaining, requests wait until the window frees capacity. Without headers (a workspace
+    with no limit), nothing waits.
+
+    :param clock: monotonic seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: RateLimitState | None = None
+        self._seen_at = -math.inf
+        self._window_end = -math.inf
+        self._started_since = 0
+        self._in_flight = 0
+        self._next = -math.inf
+        #: Seconds spent waiting for the pace, over all threads (tells whether the limit binds).
+        self.waited = 0.0
+        #: Answers that were 429.
+        self.refused = 0
+
+    @property
+    def limited(self) -> bool:
+        """Whether the workspace has a rate limit (an answer stated one)."""
+        return self._state is not None
+
+    def rate(self) -> float | None:
+        """The pace now, requests per second (``None`` without a limit)."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                return None
+            left = max(self._window_end - self._clock(), 1e-3)
+            return max(state.remaining - self._started_since, 0) / left
+
+    def observe(self, attempt: Attempt) -> None:
+        """Learn the rate limit from an answer."""
+        with self._lock:
+            if attempt.status == 429:
+                self.refused += 1
+            state = attempt.rate_limit
+            if state is None or attempt.ended < self._seen_at:
+                return
+            if attempt.status == 429 and attempt.retry_after is not None:
+                state = RateLimitState(state.limit, 0, max(state.reset, attempt.retry_after))
+            # ``reset`` is whole seconds, rounded up: each answer bounds the window's end from above,
+            # and within one window (remaining does not rise) the lowest bound is the closest.
+            end = attempt.ended + state.reset
+            previous = self._state
+            if previous is not None and state.remaining <= previous.remaining and end < self._window_end + 1:
+                end = min(end, self._window_end)
+            self._state, self._seen_at, self._window_end = state, attempt.ended, end
+            # Requests of this run still without an answer may not be in ``remaining`` yet.
+            self._started_since = self._in_flight
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait until the next request may go; ``False`` when ``stop`` was set meanwhile."""
+        while True:
+            delay = self.try_acquire()
+            if delay <= 0:
+                return True
+            waited_from = self._clock()
+            if stop.wait(min(delay, 1.0)):
+                return False
+            with self._lock:
+                self.waited += self._clock() - waited_from
+
+    def try_acquire(self) -> float:
+        """Let a request go now (0.0, counted as started), or say how long until one may."""
+        with self._lock:
+            delay = self._delay(self._clock())
+            if delay <= 0:
+                self._started_since += 1
+                self._in_flight += 1
+            return delay
+
+    def release(self) -> None:
+        """A request that :meth:`acquire` let go has its answer (or none)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    def _delay(self, now: float) -> float:
+        state = self._state
+        if state is None:
+            return 0.0
+        left = self._window_end - now
+        if left <= 0:
+            # The window has freed capacity; the next answer states how much.
+            return 0.0
+        allowance = state.remaining - self._started_since
+        if allowance <= 0:
+            return left
+        if self._next <= now:
+            self._next = now + left / allowance
+            return 0.0
+        return self._next - now
+
+
+class BatchSizer:
+    """Keys per request: grows while the rate limit binds and requests stay well inside the timeout.
+
+    :param initial: the configured ``batch_size``; the size never falls below an eighth of it.
+    :param maximum: the largest batch (the byte cap still applies to each request).
+    :param budget: a request should take at most this long (a quarter of the server's 60 s timeout).
+    """
+
+    def __init__(self, initial: int, maximum: int, budget: float = SERVER_TIMEOUT_SECONDS / 4) -> None:
+        self.initial = initial
+        self.minimum = max(1, initial // 8)
+        self.maximum = max(initial, maximum)
+        self.budget = budget
+        self.size = initial
+        self._per_key: float | None = None
+        self._lock = threading.Lock()
+
+    def on_answer(self, seconds: float, keys: int, status: int | None) -> bool:
+        """Learn from an attempt; ``True`` when it shrank the size."""
+        with self._lock:
+            if status == 408 or seconds > 2 * self.budget:
+                if self.size > self.minimum:
+                    self.size = max(self.minimum, self.size // 2)
+                    return True
+                return False
+            if status == 200 and keys >= max(1, self.size // 2):
+                per_key = seconds / keys
+                self._per_key = per_key if self._per_key is None else 0.8 * self._per_key + 0.2 * per_key
+            return False
+
+    def grow(self) -> bool:
+        """Double the size if a request of the new size should still end within the budget."""
+        with self._lock:
+            if self._per_key is None or self.size >= self.maximum:
+                return False
+            bigger = min(self.maximum, self.size * 2)
+            if self._per_key * bigger > self.budget:
+                return False
+            self.size = bigger
+            return True
