@@ -203,10 +203,13 @@ class Contenders:
 
 def engine(url: str, path: Path, max_concurrency: int | None) -> Run:
     """``run_migration`` from the Parquet file as the operator runs it, with the config's defaults
-    (or ``max_concurrency`` fixed); client-side request latencies from a session hook."""
+    (or ``max_concurrency`` fixed, not adaptive); client-side request latencies from a session hook."""
     config = MigrationConfig(MIGRATION_ID, API_ID)
     if max_concurrency is not None:
-        config = dataclasses.replace(config, max_concurrency=max_concurrency)
+        fixed = {"max_concurrency": max_concurrency}
+        if "adaptive" in {f.name for f in dataclasses.fields(config)}:
+            fixed["adaptive"] = False  # the cap alone would leave the adaptive limiter below it
+        config = dataclasses.replace(config, **fixed)
     client = UnkeyClient(ROOT_KEY, url, pool_size=config.max_concurrency)  # sized as the operator's hook
     client.liveness()  # connect outside the timing
     run = Run(0, 0.0, 0)
@@ -239,7 +242,8 @@ def check(run: Run, stats: dict[str, Any], total: int) -> list[str]:
     if stats["keys_stored"] != run.migrated:
         problems.append(f"emulator stored {stats['keys_stored']} keys, the contender reports {run.migrated}")
     if run.failed:
-        problems.append(f"{run.failed} keys failed (sent twice, or existing)")
+        reasons = run.detail.get("summary", {}).get("failed_by_reason") or "sent twice, or existing"
+        problems.append(f"{run.failed} keys failed ({reasons})")
     if not run.sample and run.migrated != total:
         problems.append(f"{run.migrated} of the file's {total} keys migrated")
     return problems
@@ -260,6 +264,7 @@ def row(scenario: Scenario, repeat: int, contender: str, run: Run, stats: dict[s
         "sample": run.sample,
         "migrated": run.migrated,
         "failed": run.failed,
+        "failed_by_reason": json.dumps(run.detail.get("summary", {}).get("failed_by_reason") or {}),
         "keys_stored": stats["keys_stored"],
         "emulator_requests": stats["requests"],
         "statuses": json.dumps(statuses, sort_keys=True),
