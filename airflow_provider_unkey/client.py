@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from tenacity import (
@@ -253,7 +254,7 @@ class UnkeyClient:
 
     def _raise_for_error(self, response: requests.Response) -> None:
         try:
-            payload = response.json()
+            payload = orjson.loads(response.content)
         except ValueError:
             payload = {}
         error = payload.get("error") if isinstance(payload, dict) else None
@@ -312,7 +313,7 @@ class UnkeyClient:
         if response.status_code >= 400:
             self._raise_for_error(response)
         try:
-            payload = response.json()
+            payload = orjson.loads(response.content)
         except ValueError:
             raise UnkeyError(
                 f"Unkey answered {response.status_code} to {path} with a body that is not JSON"

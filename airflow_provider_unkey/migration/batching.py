@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from airflow_provider_unkey.migration.prepare import PreparedRows
 from airflow_provider_unkey.rules import MAX_BODY_BYTES
 
@@ -90,19 +92,36 @@ class Batcher:
         return self._prefix + b",".join(batch.keys) + self._suffix
 
     def add(self, prepared: PreparedRows) -> Iterator[Batch]:
-        """Add keys; yield each batch that is full."""
-        envelope = len(self._prefix) + len(self._suffix)
-        for row, wire_hash, key in zip(prepared.rows.tolist(), prepared.hashes, prepared.keys, strict=True):
-            size = len(key) + 1
-            if self._current.rows and (
-                len(self._current) >= self.batch_size or self._bytes + size > self.max_request_bytes
+        """Add keys; yield each batch that is full (by count, or because the next key would not fit).
+
+        Whole runs of keys are placed at once: their sizes' running sum says how many fit.
+        """
+        n = len(prepared.keys)
+        if not n:
+            return
+        rows, hashes, keys = prepared.rows.tolist(), prepared.hashes, prepared.keys
+        sizes = np.fromiter(map(len, keys), dtype=np.int64, count=n) + 1  # each key and its comma
+        i = 0
+        while i < n:
+            current = self._current
+            room = max(self.batch_size - len(current), 0)  # the sizer may have lowered batch_size
+            fits = int(
+                np.searchsorted(np.cumsum(sizes[i : i + room]), self.max_request_bytes - self._bytes, "right")
+            )
+            if fits == 0 and not current.rows:
+                fits = 1  # a key alone over the cap (the preparer stops those): let the server judge it
+            if fits:
+                end = i + fits
+                current.rows.extend(rows[i:end])
+                current.hashes.extend(hashes[i:end])
+                current.keys.extend(keys[i:end])
+                self._bytes += int(sizes[i:end].sum())
+                i = end
+            if len(current) >= self.batch_size or (
+                i < n and self._bytes + int(sizes[i]) > self.max_request_bytes
             ):
-                yield self._current
-                self._current, self._bytes = Batch([], [], []), envelope
-            self._current.rows.append(row)
-            self._current.hashes.append(wire_hash)
-            self._current.keys.append(key)
-            self._bytes += size
+                yield current
+                self._current, self._bytes = Batch([], [], []), len(self._prefix) + len(self._suffix)
 
     def flush(self) -> Batch | None:
         """The last, partly filled batch, if any."""

@@ -49,8 +49,9 @@ class ConcurrencyLimiter:
 
     * at most ``grow_below`` times the floor: grow (double while the round's throughput still rose
       by a tenth, then one at a time);
-    * above ``shrink_above`` times the floor: shrink in proportion, towards ``grow_below``;
-    * in between: hold.
+    * up to ``shrink_above`` times the floor: grow by one while the last increase raised throughput
+      by 5 % (a busy server that still serves more), else hold;
+    * above ``shrink_above`` times the floor: shrink in proportion, towards ``grow_below``.
 
     A 408, a 5xx or an attempt without an answer shrinks the limit by a quarter, at most once a round.
     A 429 is the rate limit's business (:class:`RatePacer`), not a sign of a queue.
@@ -70,7 +71,7 @@ class ConcurrencyLimiter:
         *,
         minimum: int = 1,
         grow_below: float = 1.25,
-        shrink_above: float = 1.6,
+        shrink_above: float = 1.8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= minimum <= maximum:
@@ -88,6 +89,7 @@ class ConcurrencyLimiter:
         self._keys = 0
         self._round_started = clock()
         self._last_throughput = 0.0
+        self._before_increase = 0.0
         self._cut_this_round = False
         self._lock = threading.Lock()
         #: The highest limit reached, for the summary.
@@ -140,7 +142,10 @@ class ConcurrencyLimiter:
             self._limit, self._probing = self._probing, None
         elif self._latencies and not self._cut_this_round:
             ratio = statistics.median(self._latencies) / self._floor
-            if ratio <= self.grow_below:
+            gained = throughput >= 1.05 * self._before_increase
+            if ratio <= self.grow_below or (ratio <= self.shrink_above and gained):
+                # Near the floor, or queueing a little while the last increase still paid off.
+                self._before_increase = throughput
                 if self._slow_start and throughput >= 1.1 * self._last_throughput:
                     self._limit = min(self.maximum, self._limit * 2)
                 else:
@@ -149,6 +154,7 @@ class ConcurrencyLimiter:
             elif ratio > self.shrink_above:
                 self._slow_start = False
                 self._limit = max(self.minimum, self._limit * self.grow_below / ratio)
+                self._before_increase = 0.0
             self._last_throughput = throughput
         if self._rounds % PROBE_EVERY == 0 and self._probing is None and self._limit >= 2:
             self._probing, self._limit = self._limit, self._limit / 2
