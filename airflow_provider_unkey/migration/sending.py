@@ -135,7 +135,8 @@ class MigrationEngine:
             else None
         )
         self._local = threading.local()
-        self._in_flight = 0
+        self._in_flight = 0  # requests being sent, at most the concurrency limit
+        self._gate = threading.Condition()
         self._waited_at_last_grow = 0.0
         self._last_grow_check = 0.0
 
@@ -169,6 +170,22 @@ class MigrationEngine:
             self.batcher.batch_size = self.sizer.size
             if self.limiter is not None:
                 self.limiter.forget_floor()
+
+    def _enter(self) -> bool:
+        """Take a place under the concurrency limit, waiting for one; ``False`` (and no place) when the
+        run stops meanwhile."""
+        with self._gate:
+            while self._in_flight >= self.concurrency():
+                if self._abort.is_set():
+                    return False
+                self._gate.wait(0.5)
+            self._in_flight += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._gate:
+            self._in_flight -= 1
+            self._gate.notify_all()  # the limit may have grown too
 
     def concurrency(self) -> int:
         """Requests to keep in flight now."""
@@ -286,14 +303,17 @@ class MigrationEngine:
             part = stack.pop()
             if not len(part):
                 continue
-            if self._abort.is_set() or not self.pacer.acquire(self._abort):
+            if self._abort.is_set() or not self._enter():
+                self._not_sent(part)
+                continue
+            if not self.pacer.acquire(self._abort):
+                self._leave()
                 self._not_sent(part)
                 continue
             self._local.keys = len(part)
             try:
                 with self._lock:
                     self.requests += 1
-                    self._in_flight += 1
                 try:
                     result = self.client.migrate_keys(
                         self.migration_id,
@@ -303,8 +323,7 @@ class MigrationEngine:
                     )
                 finally:
                     self.pacer.release()
-                    with self._lock:
-                        self._in_flight -= 1
+                    self._leave()
             except (UnkeyAPIError, UnkeyTransportError) as exc:
                 action = classify(exc, len(part))
                 lost = exc.unanswered_attempts > 0
@@ -383,9 +402,9 @@ class MigrationEngine:
             self.progress.detail = self.describe
 
         def room() -> int:
-            # Adaptive: exactly the limiter's number in flight (the next batch is already built while
-            # they run). Fixed: twice the number, so that a worker never waits for the next batch.
-            return self.concurrency() if self.adaptive else 2 * self.max_concurrency
+            # Twice the concurrency: while the main thread prepares the next record batch, workers
+            # that finish a request find a batch waiting (the gate in _enter holds the rest back).
+            return 2 * self.concurrency()
 
         def reap(pending: set[Future[None]]) -> set[Future[None]]:
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)

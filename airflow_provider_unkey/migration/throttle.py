@@ -30,9 +30,9 @@ from collections.abc import Callable
 from airflow_provider_unkey.retries import Attempt, RateLimitState
 from airflow_provider_unkey.rules import SERVER_TIMEOUT_SECONDS
 
-#: Requests in flight a run starts with: one, so that the first answers show the latency of a server
-#: that is not busy with this run (slow start doubles from there each round).
-INITIAL_CONCURRENCY = 1
+#: Requests in flight a run starts with (slow start doubles from there each round). A server that
+#: queues even these shows it in the probe rounds, which measure the latency floor at half the limit.
+INITIAL_CONCURRENCY = 8
 #: Every this many rounds, one round runs at half the limit to measure the floor afresh.
 PROBE_EVERY = 50
 
@@ -71,7 +71,7 @@ class ConcurrencyLimiter:
         *,
         minimum: int = 1,
         grow_below: float = 1.25,
-        shrink_above: float = 1.8,
+        shrink_above: float = 1.6,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= minimum <= maximum:
