@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def scenarios(keys: int, headline: int, *, smoke: bool) -> list[Scenario]:
             "rate-limited",
             "rate limit: 10 requests per 1 s window, latency 0",
             keys,
-            ("engine", "operator"),
+            ("engine", "engine x4", "operator"),
             rate_limit=(10, 1.0),
         ),
     ]
@@ -182,6 +183,8 @@ class Contenders:
             return engine(url, path, None)
         if contender.startswith("engine c="):
             return engine(url, path, int(contender.split("=")[1]))
+        if contender == "engine x4":
+            return engines_sharing(url, path, 4)
         raise ValueError(contender)
 
     def operator(self, url: str, path: Path) -> Run:
@@ -231,6 +234,45 @@ def engine(url: str, path: Path, max_concurrency: int | None) -> Run:
     accounted = summary.migrated + summary.failed + summary.skipped + summary.would_send
     if accounted != summary.total:
         run.detail["invariant"] = f"total {summary.total} != {accounted} accounted"
+    return run
+
+
+def engines_sharing(url: str, path: Path, tasks: int) -> Run:
+    """``tasks`` engines at once, each with its own client and a share of the file's record batches,
+    as mapped tasks on one workspace: together they must stay under the rate limit."""
+    batches = pq.read_table(path).to_batches(max_chunksize=65_536)
+    shares = [batches[i::tasks] for i in range(tasks)]
+    summaries: list[Any] = [None] * tasks
+    clients = [
+        UnkeyClient(ROOT_KEY, url, pool_size=MigrationConfig(MIGRATION_ID, API_ID).max_concurrency)
+        for _ in shares
+    ]
+    run = Run(0, 0.0, 0)
+    for client in clients:
+        client.liveness()
+        client.session.hooks["response"].append(run.log.hook)
+
+    def one(i: int, out: str) -> None:
+        summaries[i] = run_migration(shares[i], clients[i], MigrationConfig(MIGRATION_ID, API_ID), out)
+
+    with tempfile.TemporaryDirectory() as out:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        threads = [threading.Thread(target=one, args=(i, f"{out}/{i}")) for i in range(tasks)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        run.seconds, run.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+    for client in clients:
+        client.close()
+    if any(s is None for s in summaries):
+        run.detail["invariant"] = "an engine did not finish"
+        return run
+    run.keys = sum(s.total for s in summaries)
+    run.migrated = sum(s.migrated for s in summaries)
+    run.failed = sum(s.failed for s in summaries)
+    run.requests = sum(s.requests for s in summaries)
+    run.detail = {"summaries": [s.as_dict() for s in summaries], "tasks": tasks}
     return run
 
 
@@ -311,6 +353,8 @@ def _liveness_calls(contender: str) -> int:
     """Requests a contender makes before its clock starts (liveness, or the SDK's getApi)."""
     if contender.startswith("limit t="):
         return int(contender.split("=")[1])
+    if contender == "engine x4":
+        return 4
     return 1 if contender in ("naive", "sdk") or contender.startswith("engine") else 0
 
 
