@@ -149,7 +149,9 @@ class MigrationEngine:
         self.pacer.observe(attempt)
         if self.limiter is not None:
             full = keys >= max(1, self.batcher.batch_size // 2)
-            self.limiter.on_answer(attempt.seconds, keys, attempt.status, full)
+            self.limiter.on_answer(
+                attempt.seconds, keys, attempt.status, full, attempt.ended - attempt.seconds
+            )
         if self.sizer is not None and self.sizer.on_answer(attempt.seconds, keys, attempt.status):
             self.batcher.batch_size = self.sizer.size
             if self.limiter is not None:

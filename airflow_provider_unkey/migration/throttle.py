@@ -91,6 +91,7 @@ class ConcurrencyLimiter:
         self._last_throughput = 0.0
         self._before_increase = 0.0
         self._cut_this_round = False
+        self._changed_at = -math.inf
         self._lock = threading.Lock()
         #: The highest limit reached, for the summary.
         self.peak = self.limit
@@ -106,18 +107,24 @@ class ConcurrencyLimiter:
             self._floor = math.inf
             self._latencies.clear()
 
-    def on_answer(self, seconds: float, keys: int, status: int | None, full: bool) -> None:
+    def on_answer(
+        self, seconds: float, keys: int, status: int | None, full: bool, started: float | None = None
+    ) -> None:
         """Learn from one attempt.
 
         :param seconds: its latency.
         :param keys: keys it carried.
         :param status: its HTTP status, ``None`` for no answer.
         :param full: it carried at least half the current batch size.
+        :param started: when it was sent (the limiter's clock). An attempt sent before the limit last
+            changed tells of the old limit's queue, not the new one's: it is left out.
         """
         with self._lock:
+            if started is not None and started < self._changed_at:
+                return
             overloaded = status is None or status == 408 or status >= 500
             if overloaded and not self._cut_this_round:
-                self._limit = max(self.minimum, self._limit * 0.75)
+                self._set(self._limit * 0.75)
                 self._slow_start = False
                 self._cut_this_round = True
             if status == 200:
@@ -126,9 +133,16 @@ class ConcurrencyLimiter:
                     self._latencies.append(seconds)
                     self._floor = min(self._floor, seconds)
             self._answers += 1
-            if self._answers >= self.limit:
+            # In slow start half a round's answers suffice to judge: the limit doubles sooner.
+            if self._answers >= (max(1, self.limit // 2) if self._slow_start else self.limit):
                 self._end_round()
             self.peak = max(self.peak, self.limit)
+
+    def _set(self, limit: float) -> None:
+        limit = max(float(self.minimum), min(float(self.maximum), limit))
+        if int(limit) != int(self._limit):
+            self._changed_at = self._clock()
+        self._limit = limit
 
     def _end_round(self) -> None:
         now = self._clock()
@@ -139,25 +153,33 @@ class ConcurrencyLimiter:
             # A probe round, at half the limit: its latency is the floor now.
             if self._latencies:
                 self._floor = statistics.median(self._latencies)
-            self._limit, self._probing = self._probing, None
+            self._set(self._probing)
+            self._probing = None
         elif self._latencies and not self._cut_this_round:
             ratio = statistics.median(self._latencies) / self._floor
             gained = throughput >= 1.05 * self._before_increase
             if ratio <= self.grow_below or (ratio <= self.shrink_above and gained):
                 # Near the floor, or queueing a little while the last increase still paid off.
                 self._before_increase = throughput
-                if self._slow_start and throughput >= 1.1 * self._last_throughput:
-                    self._limit = min(self.maximum, self._limit * 2)
+                if (
+                    self._slow_start
+                    and ratio <= self.grow_below
+                    and throughput >= 1.1 * self._last_throughput
+                ):
+                    self._set(self._limit * 2)
                 else:
                     self._slow_start = False
-                    self._limit = min(self.maximum, self._limit + 1)
+                    self._set(self._limit + 1)
             elif ratio > self.shrink_above:
+                # Towards the latency where growth stops, by at most 30 % a round: the queue the old
+                # limit built drains over the next rounds, and a harder cut would overshoot.
                 self._slow_start = False
-                self._limit = max(self.minimum, self._limit * self.grow_below / ratio)
+                self._set(self._limit * max(0.7, self.grow_below / ratio))
                 self._before_increase = 0.0
             self._last_throughput = throughput
         if self._rounds % PROBE_EVERY == 0 and self._probing is None and self._limit >= 2:
-            self._probing, self._limit = self._limit, self._limit / 2
+            self._probing = self._limit
+            self._set(self._limit / 2)
         self._latencies.clear()
         self._answers = self._keys = 0
         self._round_started = now
