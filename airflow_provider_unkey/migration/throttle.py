@@ -70,8 +70,8 @@ class ConcurrencyLimiter:
         maximum: int = 32,
         *,
         minimum: int = 1,
-        grow_below: float = 1.25,
-        shrink_above: float = 1.6,
+        grow_below: float = 1.2,
+        shrink_above: float = 1.4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= minimum <= maximum:
@@ -203,6 +203,7 @@ class RatePacer:
         self._state: RateLimitState | None = None
         self._seen_at = -math.inf
         self._window_end = -math.inf
+        self._asking = False  # a request went out to learn the new window's quota
         self._started_since = 0
         self._in_flight = 0
         self._next = -math.inf
@@ -230,6 +231,7 @@ class RatePacer:
         with self._lock:
             if attempt.status == 429:
                 self.refused += 1
+            self._asking = False  # any answer (or none) ends the question about the new window
             state = attempt.rate_limit
             if state is None or attempt.ended < self._seen_at:
                 return
@@ -277,7 +279,12 @@ class RatePacer:
             return 0.0
         left = self._window_end - now
         if left <= 0:
-            # The window has freed capacity; the next answer states how much.
+            # The window has freed capacity, but how much only the next answer states: one request
+            # goes out to ask, the others wait for its answer (all of them at once would be a burst
+            # of 429s, and with tasks sharing the workspace, a burst from each).
+            if self._asking:
+                return 0.05
+            self._asking = True
             return 0.0
         allowance = state.remaining - self._started_since
         if allowance <= 0:
