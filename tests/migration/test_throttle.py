@@ -240,3 +240,20 @@ def test_without_adaptive_the_engine_keeps_its_settings(tmp_path: Path) -> None:
     assert summary.throttle["final_concurrency"] == summary.throttle["peak_concurrency"] == 3
     assert summary.throttle["final_batch_size"] == 100
     assert summary.requests == 20
+
+
+def test_when_the_window_frees_one_request_asks_and_the_others_wait_for_its_answer() -> None:
+    clock = Clock()
+    pacer = RatePacer(clock)
+    pacer.observe(Attempt(MIGRATE_KEYS_PATH, 200, 0.01, clock.now, RateLimitState(10, 0, 2), None))
+    assert pacer.try_acquire() == pytest.approx(2.0)  # nothing left in this window
+    clock.now += 2.0
+    assert pacer.try_acquire() == 0.0  # the window has freed capacity: one request asks
+    assert pacer.try_acquire() > 0  # the others wait for its answer, not a burst
+    pacer.observe(Attempt(MIGRATE_KEYS_PATH, 200, 0.01, clock.now, RateLimitState(10, 9, 2), None))
+    assert pacer.try_acquire() == 0.0  # the answer states the new quota
+    # An attempt without an answer also ends the question (another request may ask).
+    clock.now += 2.0
+    assert pacer.try_acquire() == 0.0
+    pacer.observe(Attempt(MIGRATE_KEYS_PATH, None, 0.01, clock.now, None, None))
+    assert pacer.try_acquire() == 0.0
