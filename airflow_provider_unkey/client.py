@@ -7,15 +7,18 @@ Airflow connection; the migration engine, the benchmarks and plain scripts use i
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import ipaddress
 import json
 import logging
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import orjson
 import requests
@@ -66,6 +69,9 @@ __all__ = [
     "VerifyKeyResult",
     "may_have_been_sent",
     "normalise_base_url",
+    "proxy_secrets",
+    "redact_proxy_url",
+    "resolve_proxies",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,6 +167,93 @@ def normalise_base_url(base_url: str | None, *, allow_insecure_http: bool = Fals
     return url
 
 
+_PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def _normalise_proxy_url(proxy: str, origin: str) -> str:
+    """A proxy URL checked and given a scheme (``proxy:3128`` means ``http://proxy:3128``).
+
+    :param origin: where the URL came from, for the error message.
+    :raises UnkeyConfigurationError: on a malformed URL or an unsupported scheme; the message never
+        holds the URL's password.
+    """
+    url = proxy.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise UnkeyConfigurationError(f"{origin} is not a valid proxy URL") from None
+    shown = redact_proxy_url(url)
+    if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname:
+        raise UnkeyConfigurationError(
+            f"{origin} must be http(s)://[user:password@]host:port (or socks5://...), got {shown!r}"
+        )
+    if parts.scheme.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
+        raise UnkeyConfigurationError(
+            f"{origin} is a SOCKS proxy ({shown}), which needs PySocks installed; or give an http(s) proxy"
+            " in the connection's proxy extra, or name the host in NO_PROXY"
+        )
+    return url
+
+
+def redact_proxy_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: for logs, errors and reprs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<proxy URL not shown>"
+
+
+def proxy_secrets(url: str) -> list[str]:
+    """The texts of a proxy URL that must never be shown: its password as written and decoded, and the
+    ``Proxy-Authorization`` token built from it. Empty when the URL has no password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    if not parts.password:
+        return []
+    username, password = unquote(parts.username or ""), unquote(parts.password)
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    secrets = {parts.password, password, quote(password, safe=""), token}
+    return sorted((s for s in secrets if s), key=len, reverse=True)
+
+
+def resolve_proxies(base_url: str, proxy: str | None = None) -> dict[str, str]:
+    """The proxies to reach ``base_url`` through, as ``requests`` takes them (``{scheme: url}``).
+
+    :param base_url: the API's base URL (normalised).
+    :param proxy: a proxy given explicitly (the connection's ``proxy`` extra): used for http and https,
+        whatever the base URL and the environment say.
+    :return: with no explicit proxy, the environment's proxy for the base URL's scheme
+        (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, either case), unless ``NO_PROXY`` names the host or
+        the host is loopback (the emulator); else nothing. Only the proxy variables are read, never
+        ``.netrc`` or ``REQUESTS_CA_BUNDLE``.
+    :raises UnkeyConfigurationError: on a proxy URL that is malformed or of an unsupported scheme.
+    """
+    if proxy is not None and proxy.strip():
+        url = _normalise_proxy_url(proxy, "the proxy")
+        return {"http": url, "https": url}
+    parts = urlsplit(base_url)
+    if parts.hostname is None or _is_loopback(parts.hostname):
+        return {}
+    if requests.utils.should_bypass_proxies(base_url, no_proxy=None):
+        return {}
+    environ = urllib.request.getproxies()
+    scheme = parts.scheme.lower()
+    selected = requests.utils.select_proxy(base_url, environ)
+    if not selected:
+        return {}
+    variable = f"{scheme.upper()}_PROXY" if environ.get(scheme) else "ALL_PROXY"
+    return {scheme: _normalise_proxy_url(selected, f"the environment's {variable}")}
+
+
 class UnkeyClient:
     """A thread-safe client for Unkey's key-migration calls.
 
@@ -173,6 +266,10 @@ class UnkeyClient:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param pool_size: connections kept open; size it to the number of threads that call at once.
     :param allow_insecure_http: allow ``http://`` to a host that is not loopback.
+    :param proxy: a proxy for every request, ``http://[user:password@]host:port``. Without it, the
+        environment's ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` decide, except for a loopback base URL,
+        which is reached directly (see :func:`resolve_proxies`). The proxy's password is kept out of
+        ``repr``, log lines and exception texts.
     :param on_retry: called with ``(attempt, exception, wait_seconds)`` before each retry's sleep
         (after the retry is logged): a hook for metrics or tests.
     """
@@ -187,12 +284,21 @@ class UnkeyClient:
         verify: bool | str = True,
         pool_size: int = 16,
         allow_insecure_http: bool = False,
+        proxy: str | None = None,
         on_retry: Callable[[int, BaseException, float], None] | None = None,
     ) -> None:
         if not root_key or not root_key.strip():
             raise UnkeyConfigurationError("An Unkey root key is required")
         self._root_key = root_key.strip()
         self.base_url = normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        #: The proxies every request goes through, resolved once: ``{scheme: url}``, maybe empty.
+        self._proxies = resolve_proxies(self.base_url, proxy)
+        #: Texts that must never be shown, longest first: the root key and any proxy password.
+        self._secrets = sorted(
+            {self._root_key, *(s for url in self._proxies.values() for s in proxy_secrets(url))},
+            key=len,
+            reverse=True,
+        )
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.verify = verify
@@ -205,7 +311,20 @@ class UnkeyClient:
         self._session: requests.Session | None = None
 
     def __repr__(self) -> str:
-        return f"UnkeyClient(base_url={self.base_url!r}, root_key=***)"
+        proxy = f", proxy={self.proxy!r}" if self.proxy else ""
+        return f"UnkeyClient(base_url={self.base_url!r}, root_key=***{proxy})"
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy requests to the base URL go through, password hidden; ``None`` when direct."""
+        url = self._proxies.get(urlsplit(self.base_url).scheme)
+        return None if url is None else redact_proxy_url(url)
+
+    @property
+    def secrets(self) -> list[str]:
+        """The texts this client keeps out of what it shows (the root key, a proxy's password): for
+        a secret masker to learn."""
+        return list(self._secrets)
 
     # --- plumbing ------------------------------------------------------------------------------
     @property
@@ -228,8 +347,13 @@ class UnkeyClient:
                     }
                 )
                 session.verify = self.verify
-                # Proxies and .netrc from the environment must not receive the root key.
+                # The environment is not trusted wholesale: .netrc credentials must not be sent (nor
+                # replace the root key), and REQUESTS_CA_BUNDLE must not override `verify`. Of the
+                # environment, only the proxy variables are read (in resolve_proxies).
                 session.trust_env = False
+                session.proxies = dict(self._proxies)
+                if self.proxy:
+                    log.info("Requests to %s go through the proxy %s", self.base_url, self.proxy)
                 self._session = session
             return self._session
 
@@ -247,7 +371,10 @@ class UnkeyClient:
         self.close()
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._root_key, "***") if self._root_key in text else text
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     def _redact_optional(self, value: Any) -> str | None:
         return None if value is None else self._redact(str(value))

@@ -51,6 +51,12 @@ CONN_FIELDS: dict[str, Any] = {
         "schema": {"type": ["boolean", "null"], "default": False},
         "description": "Sends the root key in clear text. Loopback hosts never need it.",
     },
+    "proxy": {
+        "label": "Proxy URL",
+        "schema": {"type": ["string", "null"]},
+        "description": "http://[user:password@]host:port, for https and http. Empty: HTTPS_PROXY, "
+        "HTTP_PROXY and NO_PROXY from the environment apply (never to a loopback base URL).",
+    },
     "api_id": {
         "label": "API id for the connection test",
         "schema": {"type": ["string", "null"]},

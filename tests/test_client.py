@@ -15,7 +15,9 @@ import email.utils
 import errno
 import functools
 import http.client
+import importlib.util
 import json
+import logging
 import math
 import os
 import socket
@@ -611,3 +613,350 @@ def _refused(message: str) -> BaseException:
 )
 def test_the_chain_decides_not_the_message(error: BaseException, sent: bool) -> None:
     assert retries_module.may_have_been_sent(_wrapped_as_requests_does(error)) is sent
+
+
+# --- proxies: an explicit one, the environment's, NO_PROXY and loopback ---------------------------
+#: A host name no resolver knows: only the test proxy (which maps it to loopback) can reach it, so a
+#: request to it that succeeds went through the proxy.
+REMOTE_HOST = "unkey.test"
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "REQUEST_METHOD")
+
+
+class ForwardProxy(BackgroundServer):
+    """A plain HTTP forward proxy: takes absolute-URI ``GET``/``POST`` requests and forwards them with
+    :mod:`http.client`, mapping :data:`REMOTE_HOST` to ``127.0.0.1``.
+
+    :param credentials: ``(user, password)`` the proxy requires (``407`` otherwise).
+    """
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        super().__init__(_ForwardProxyHandler)
+        self.credentials = credentials
+        #: ``(method, absolute URL, Proxy-Authorization)`` of every request the proxy received.
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def proxy_url(self, userinfo: str = "") -> str:
+        return f"http://{userinfo}{'@' if userinfo else ''}127.0.0.1:{self.server_address[1]}"
+
+
+class _ForwardProxyHandler(BaseHTTPRequestHandler):
+    server: ForwardProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        import base64
+        from urllib.parse import urlsplit
+
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        auth = self.headers.get("Proxy-Authorization")
+        self.server.seen.append((self.command, self.path, auth))
+        if self.server.credentials is not None:
+            expected = base64.b64encode(":".join(self.server.credentials).encode()).decode()
+            if auth != f"Basic {expected}":
+                self.send_response(407)
+                self.send_header("Proxy-Authenticate", 'Basic realm="test"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        target = urlsplit(self.path)
+        if target.scheme != "http" or not target.hostname:
+            self.send_error(400, "absolute http:// URI expected")
+            return
+        host = "127.0.0.1" if target.hostname == REMOTE_HOST else target.hostname
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "host")}
+        upstream = http.client.HTTPConnection(host, target.port or 80)
+        try:
+            upstream.request(self.command, target.path or "/", body=body or None, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status, answer.reason)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = _forward
+    do_POST = _forward
+
+
+@pytest.fixture
+def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable of the machine running the tests, in either case."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    from airflow_provider_unkey.testing import UnkeyEmulator
+
+    with UnkeyEmulator.quick(root_key="unkey_root_test", api_id="api_test", migration_id="mig_test") as emu:
+        yield emu
+
+
+def _b64_hash(plaintext: str) -> str:
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha256(plaintext.encode()).digest()).decode()
+
+
+def _round_trip(client: UnkeyClient, tag: str) -> None:
+    """An unauthenticated GET and an authenticated POST, both answered."""
+    assert client.liveness() == "OK"
+    result = client.migrate_keys("mig_test", "api_test", [{"hash": _b64_hash(tag)}])
+    assert [h for h, _ in result.migrated] == [_b64_hash(tag)]
+
+
+def _port(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+def test_an_explicit_proxy_carries_every_request(clean_proxy_env: pytest.MonkeyPatch, emulator: Any) -> None:
+    # The emulator is loopback, which the environment's proxy never gets; an explicit proxy does.
+    with ForwardProxy() as proxy, UnkeyClient("unkey_root_test", emulator.url, proxy=proxy.url) as client:
+        _round_trip(client, "sk_explicit_proxy")
+        assert client.proxy == proxy.url
+    assert [(m, u) for m, u, _ in proxy.seen] == [
+        ("GET", f"{emulator.url}/v2/liveness"),
+        ("POST", f"{emulator.url}/v2/keys.migrateKeys"),
+    ]
+    assert emulator.hash_counts[_b64_hash("sk_explicit_proxy")] == 1
+
+
+def test_a_proxys_credentials_are_sent_and_never_shown(
+    clean_proxy_env: pytest.MonkeyPatch, emulator: Any, caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
+    import base64
+    from urllib.parse import quote
+
+    password = "pr0xy-p@ss:w/rd"
+    token = base64.b64encode(f"alice:{password}".encode()).decode()
+    encoded = quote(password, safe="")
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    with ForwardProxy(credentials=("alice", password)) as proxy:
+        url = proxy.proxy_url(f"alice:{encoded}")
+        with UnkeyClient("unkey_root_test", emulator.url, proxy=url) as client:
+            _round_trip(client, "sk_proxy_auth")
+            texts += [repr(client), str(client.proxy)]
+            assert client.proxy == proxy.proxy_url("alice:***")
+        assert proxy.seen and all(auth == f"Basic {token}" for _, _, auth in proxy.seen)
+        # A wrong password: the proxy's 407 is an error that names neither password.
+        wrong = proxy.proxy_url("alice:" + quote("wr0ng-p@ss", safe=""))
+        with UnkeyClient("unkey_root_test", emulator.url, proxy=wrong) as client:
+            with pytest.raises(UnkeyAPIError) as refused:
+                client.liveness()
+            assert refused.value.status == 407
+            texts += [str(refused.value), repr(refused.value), repr(client)]
+    # A proxy that is gone: the transport error does not name the password either.
+    gone = _closed_port_url().replace("http://", f"http://alice:{encoded}@")
+    policy = RetryPolicy(max_attempts=2, initial_wait=0.0, max_wait=0.0, jitter=0.0)
+    with UnkeyClient("unkey_root_test", emulator.url, proxy=gone, retry=policy) as client:
+        with pytest.raises(UnkeyTransportError) as unreachable:
+            client.liveness()
+        texts += [str(unreachable.value), repr(unreachable.value), repr(client)]
+    texts += [record.getMessage() for record in caplog.records] + [caplog.text]
+    assert any("127.0.0.1" in t for t in texts)
+    for secret in (password, encoded, token, "wr0ng-p@ss"):
+        assert not [t for t in texts if secret in t], secret
+
+
+def test_the_environments_proxy_carries_requests_to_a_remote_host(
+    clean_proxy_env: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    base_url = f"http://{REMOTE_HOST}:{_port(emulator.url)}"
+    with ForwardProxy() as proxy:
+        clean_proxy_env.setenv("HTTP_PROXY", proxy.url)
+        with UnkeyClient("unkey_root_test", base_url, allow_insecure_http=True) as client:
+            assert client.proxy == proxy.url
+            _round_trip(client, "sk_env_proxy")
+    assert [u for _, u, _ in proxy.seen] == [f"{base_url}/v2/liveness", f"{base_url}/v2/keys.migrateKeys"]
+
+
+def test_no_proxy_sends_requests_directly(
+    clean_proxy_env: pytest.MonkeyPatch, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The remote name resolves to loopback for this test only, so that a direct request can succeed.
+    connect = urllib3.util.connection.create_connection
+
+    def resolve_remote_host(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        host, port = address
+        return connect(("127.0.0.1" if host == REMOTE_HOST else host, port), *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", resolve_remote_host)
+    base_url = f"http://{REMOTE_HOST}:{_port(emulator.url)}"
+    with ForwardProxy() as proxy:
+        clean_proxy_env.setenv("HTTP_PROXY", proxy.url)
+        clean_proxy_env.setenv("NO_PROXY", "example.com,.test")
+        with UnkeyClient("unkey_root_test", base_url, allow_insecure_http=True) as client:
+            assert client.proxy is None and client.session.proxies == {}
+            _round_trip(client, "sk_no_proxy")
+    assert proxy.seen == []
+    assert emulator.hash_counts[_b64_hash("sk_no_proxy")] == 1
+
+
+def test_a_loopback_base_url_never_takes_the_environments_proxy(
+    clean_proxy_env: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    with ForwardProxy() as proxy:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            clean_proxy_env.setenv(name, proxy.url)
+        for host in ("127.0.0.1", "localhost"):
+            base_url = f"http://{host}:{_port(emulator.url)}"
+            with UnkeyClient("unkey_root_test", base_url) as client:
+                assert client.proxy is None
+                _round_trip(client, f"sk_loopback_{host}")
+    assert proxy.seen == []
+
+
+@pytest.mark.parametrize(
+    ("env", "base_url", "proxy", "expected"),
+    [
+        pytest.param({}, "https://api.unkey.com", None, {}, id="nothing-set"),
+        pytest.param(
+            {"HTTPS_PROXY": "http://corp:3128"},
+            "https://api.unkey.com",
+            None,
+            {"https": "http://corp:3128"},
+            id="https-proxy",
+        ),
+        pytest.param(
+            {"https_proxy": "corp:3128"},
+            "https://api.unkey.com",
+            None,
+            {"https": "http://corp:3128"},
+            id="lower-case-no-scheme",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "http://corp:3128"},
+            "https://api.unkey.com",
+            None,
+            {},
+            id="http-proxy-not-for-https",
+        ),
+        pytest.param(
+            {"ALL_PROXY": "http://corp:3128"},
+            "https://api.unkey.com",
+            None,
+            {"https": "http://corp:3128"},
+            id="all-proxy",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": "unkey.com"},
+            "https://api.unkey.com",
+            None,
+            {},
+            id="no-proxy-domain-suffix",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://corp:3128", "no_proxy": "*"},
+            "https://api.unkey.com",
+            None,
+            {},
+            id="no-proxy-star",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": "10.0.0.0/8"},
+            "https://10.1.2.3",
+            None,
+            {},
+            id="no-proxy-cidr",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": "other.example"},
+            "https://api.unkey.com",
+            None,
+            {"https": "http://corp:3128"},
+            id="no-proxy-other-host",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "http://corp:3128", "HTTPS_PROXY": "http://corp:3128"},
+            "http://[::1]:8787",
+            None,
+            {},
+            id="loopback-ipv6",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": "unkey.com"},
+            "https://api.unkey.com",
+            "http://explicit:8080",
+            {"http": "http://explicit:8080", "https": "http://explicit:8080"},
+            id="explicit-wins-over-no-proxy",
+        ),
+        pytest.param(
+            {},
+            "http://127.0.0.1:8787",
+            "explicit:8080",
+            {"http": "http://explicit:8080", "https": "http://explicit:8080"},
+            id="explicit-for-loopback",
+        ),
+    ],
+)
+def test_resolve_proxies(
+    clean_proxy_env: pytest.MonkeyPatch,
+    env: dict[str, str],
+    base_url: str,
+    proxy: str | None,
+    expected: dict[str, str],
+) -> None:
+    for name, value in env.items():
+        clean_proxy_env.setenv(name, value)
+    assert client_module.resolve_proxies(base_url, proxy) == expected
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        pytest.param("ftp://bob:hunter2secret@corp:21", id="unsupported-scheme"),
+        pytest.param("socks5://bob:hunter2secret@corp:1080", id="socks-without-pysocks"),
+        pytest.param("http://bob:hunter2secret@corp:port", id="bad-port"),
+        pytest.param("http://bob:hunter2secret@", id="no-host"),
+    ],
+)
+def test_a_bad_proxy_is_refused_without_showing_its_password(
+    clean_proxy_env: pytest.MonkeyPatch, proxy: str
+) -> None:
+    from airflow_provider_unkey.exceptions import UnkeyConfigurationError
+
+    if proxy.startswith("socks") and importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed: a SOCKS proxy is supported")
+    with pytest.raises(UnkeyConfigurationError) as refused:
+        UnkeyClient("unkey_root_test", "https://api.unkey.com", proxy=proxy)
+    assert "hunter2secret" not in str(refused.value)
+    clean_proxy_env.setenv("HTTPS_PROXY", proxy)
+    with pytest.raises(UnkeyConfigurationError) as from_env:
+        UnkeyClient("unkey_root_test", "https://api.unkey.com")
+    assert "hunter2secret" not in str(from_env.value) and "HTTPS_PROXY" in str(from_env.value)
+
+
+def test_only_the_proxy_variables_of_the_environment_are_read(
+    clean_proxy_env: pytest.MonkeyPatch, emulator: Any, tmp_path: Any
+) -> None:
+    # .netrc would give an unauthenticated call credentials, and REQUESTS_CA_BUNDLE would replace
+    # `verify`: neither is read.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc_user password netrc_secret\n")
+    netrc.chmod(0o600)
+    clean_proxy_env.setenv("NETRC", str(netrc))
+    clean_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
+    seen: list[str | None] = []
+    with UnkeyClient("unkey_root_test", emulator.url) as client:
+        client.session.hooks["response"].append(
+            lambda response, *a, **k: seen.append(response.request.headers.get("Authorization"))
+        )
+        assert client.liveness() == "OK"
+        assert client.session.verify is True
+    assert seen == [None]

@@ -69,6 +69,37 @@ def test_hook_registers_the_root_key_with_airflows_masker(
     assert redact(line) == "POST /v2/keys.migrateKeys Authorization: Bearer ***"
 
 
+def test_hook_registers_a_proxys_password_with_airflows_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    from urllib.parse import quote
+
+    from airflow.sdk._shared.secrets_masker import redact
+
+    password = f"proxy/{uuid.uuid4().hex}"  # '/' must be percent-encoded in the URL
+    token = base64.b64encode(f"svc:{password}".encode()).decode()
+    proxy = f"http://svc:{quote(password, safe='')}@proxy.corp:3128"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UNKEY_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "unkey",
+                "host": "http://127.0.0.1:9",
+                "password": fresh_root_key(),
+                "extra": {"proxy": proxy},
+            }
+        ),
+    )
+    lines = [f"through {proxy}", f"password {password}", f"Proxy-Authorization: Basic {token}"]
+    assert [redact(line) for line in lines] == lines, "the password is new: nothing may mask it yet"
+
+    client = UnkeyHook().client
+
+    assert client.proxy == "http://svc:***@proxy.corp:3128"
+    redacted = [redact(line) for line in lines]
+    assert redacted[1:] == ["password ***", "Proxy-Authorization: Basic ***"]
+    assert quote(password, safe="") not in redacted[0] and "***" in redacted[0]
+
+
 # --- a server that echoes the root key everywhere -----------------------------------------------------
 class EchoServer(BackgroundServer):
     """Answers every request with an error that repeats the caller's bearer token everywhere it can.

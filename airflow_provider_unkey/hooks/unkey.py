@@ -58,8 +58,9 @@ class UnkeyHook(BaseHook):
     The connection: root key in the password, base URL in the host (default
     ``https://api.unkey.com``; a scheme in the host or in the schema field and a port are honoured).
     Extras: ``timeout``, ``connect_timeout``, ``max_retries``, ``max_retry_seconds``, ``verify``,
-    ``ca_bundle``, ``allow_insecure_http``, ``api_id`` (see :data:`CONN_FIELDS`). Extras may also be
-    prefixed ``extra__unkey__``.
+    ``ca_bundle``, ``allow_insecure_http``, ``proxy`` (alias ``proxies``), ``api_id`` (see
+    :data:`CONN_FIELDS`). Extras may also be prefixed ``extra__unkey__``. Without a ``proxy`` extra,
+    the environment's ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` apply (never to a loopback base URL).
 
     :param unkey_conn_id: the connection id.
     :param pool_size: HTTP connections kept open; at least the number of threads that call at once.
@@ -157,7 +158,15 @@ class UnkeyHook(BaseHook):
         if ca_bundle := self._extra(extras, "ca_bundle"):
             verify = str(ca_bundle)
         insecure = self._extra(extras, "allow_insecure_http")
-        return UnkeyClient(
+        proxy = self._extra(extras, "proxy")
+        if proxy is None:
+            proxy = self._extra(extras, "proxies")
+        if proxy is not None and not isinstance(proxy, str):
+            raise UnkeyConfigurationError(
+                "connection extra 'proxy' must be a URL such as http://user:password@proxy:3128 "
+                f"(used for https and http), got a {type(proxy).__name__}"
+            )
+        client = UnkeyClient(
             root_key,
             self.base_url_from(conn.host, conn.schema, conn.port),
             timeout=timeout,
@@ -165,7 +174,13 @@ class UnkeyHook(BaseHook):
             verify=verify,
             pool_size=self.pool_size,
             allow_insecure_http=_as_bool(insecure, "allow_insecure_http") if insecure is not None else False,
+            proxy=proxy or None,
         )
+        # A proxy's password (from the extra or the environment) is as secret as the root key.
+        for secret in client.secrets:
+            if secret != root_key:
+                mask_secret(secret)
+        return client
 
     def get_conn(self) -> UnkeyClient:
         """The hook's :class:`UnkeyClient` (Airflow's hook convention)."""

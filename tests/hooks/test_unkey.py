@@ -577,3 +577,64 @@ def test_root_key_goes_only_to_authenticated_calls(emulator: UnkeyEmulator, clie
     client.get_api(API_ID)
     assert seen["/v2/liveness"] is None
     assert seen["/v2/apis.getApi"] == f"Bearer {ROOT_KEY}"
+
+
+# --- proxies ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", ["proxy", "proxies", "extra__unkey__proxy"])
+def test_the_proxy_extra_carries_the_hooks_requests(
+    monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator, extra: str
+) -> None:
+    from tests.test_client import ForwardProxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ForwardProxy(credentials=("airflow", "hook-proxy-secret")) as proxy:
+        url = proxy.proxy_url("airflow:hook-proxy-secret")
+        conn = {"conn_type": "unkey", "host": emulator.url, "password": ROOT_KEY, "extra": {extra: url}}
+        _conn_env(monkeypatch, json.dumps(conn))
+        hook = UnkeyHook()
+        assert hook.client.proxy == proxy.proxy_url("airflow:***")
+        assert "hook-proxy-secret" not in repr(hook.client)
+        result = hook.migrate_keys(MIGRATION_ID, API_ID, keys_for(f"sk_hook_proxy_{extra}"))
+        assert len(result.migrated) == 1
+        ok, message = hook.test_connection()
+        assert ok, message
+        hook.close()
+    assert [u.removeprefix(emulator.url) for _, u, _ in proxy.seen] == [
+        "/v2/keys.migrateKeys",
+        "/v2/apis.getApi",
+    ]
+
+
+def test_without_the_extra_a_loopback_connection_ignores_the_environments_proxy(
+    monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator
+) -> None:
+    from tests.test_client import ForwardProxy
+
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        _conn_env(monkeypatch, json.dumps({"conn_type": "unkey", "host": emulator.url, "password": ROOT_KEY}))
+        hook = UnkeyHook()
+        assert hook.client.proxy is None
+        assert len(hook.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_hook_direct")).migrated) == 1
+        hook.close()
+    assert proxy.seen == []
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        pytest.param({"https": "http://corp:3128"}, "must be a URL", id="a-mapping"),
+        pytest.param("ftp://corp:21", "proxy must be", id="a-scheme-requests-cannot-use"),
+    ],
+)
+def test_a_bad_proxy_extra_fails_clearly(monkeypatch: pytest.MonkeyPatch, value: Any, match: str) -> None:
+    conn = {
+        "conn_type": "unkey",
+        "host": "https://api.unkey.com",
+        "password": ROOT_KEY,
+        "extra": {"proxy": value},
+    }
+    _conn_env(monkeypatch, json.dumps(conn))
+    with pytest.raises(UnkeyConfigurationError, match=match):
+        _ = UnkeyHook().client
