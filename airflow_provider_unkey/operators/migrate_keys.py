@@ -118,8 +118,12 @@ class MigrateKeysOperator(BaseOperator):
     :param max_failed_ratio: fail the task (after writing its outputs) when more than this share of
         rows failed for any reason.
     :param progress_interval: seconds between progress lines in the task log.
+    :param do_xcom_push: (``BaseOperator``'s) ``False`` pushes nothing to XCom: not the summary, not
+        the frames or their URIs, not the summary of a failed run. The outputs and the ledger are
+        written all the same.
     :return: a summary: ``total``, ``migrated``, ``failed``, ``failed_by_reason``, ``skipped``,
-        ``resumed``, durations, keys/s, output URIs (``ledger`` among them).
+        ``resumed``, durations, keys/s, output URIs (``ledger`` among them). Pushed to XCom as
+        ``return_value`` unless ``do_xcom_push`` is ``False``.
     """
 
     template_fields: Sequence[str] = (
@@ -318,11 +322,18 @@ class MigrateKeysOperator(BaseOperator):
             parts.append(f"map_{map_index}")
         return str(home.joinpath("unkey_migrations", *(_UNSAFE_PATH_CHARS.sub("_", p) for p in parts)))
 
+    def _push_summary(self, context: Context, result: dict[str, Any]) -> None:
+        """Push a failed run's summary (a successful run returns it), unless ``do_xcom_push`` is off."""
+        if self.do_xcom_push:
+            context["ti"].xcom_push(key="summary", value=result)
+
     def _push_frames(
         self, context: Context, summary: MigrationSummary, outputs: dict[str, str], local_dir: Path
     ) -> None:
         import pyarrow.parquet as pq
 
+        if not self.do_xcom_push:
+            return
         ti = context["ti"]
         counts = {"migrated": summary.migrated, "failed": summary.failed, "skipped": summary.skipped}
         for name, rows in counts.items():
@@ -341,7 +352,7 @@ class MigrateKeysOperator(BaseOperator):
                 ti.xcom_push(key=name, value=outputs[name])
 
     # --- the task --------------------------------------------------------------------------------------
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any] | None:
         from airflow_provider_unkey.operators import io
 
         config = self._migration_config()  # the templated fields are rendered now
@@ -445,7 +456,7 @@ class MigrateKeysOperator(BaseOperator):
             summary.outputs,
         )
         if aborted is not None:
-            context["ti"].xcom_push(key="summary", value=result)
+            self._push_summary(context, result)
             raise AirflowFailException(str(aborted))
         if summary.stopped:
             # on_kill: the outcomes and the ledger are saved; a retry resumes from the ledger.
@@ -454,7 +465,8 @@ class MigrateKeysOperator(BaseOperator):
                 f"{summary.outputs.get('failed')} and the ledger {ledger_path}: a retry resumes from it"
             )
         self._check_ratios(summary, context, result)
-        return result
+        # The task runner pushes the return value only when do_xcom_push is on.
+        return result if self.do_xcom_push else None
 
     def _save_partial_outputs(self, work_dir: Path, output_path: str) -> None:
         from airflow_provider_unkey.operators import io
@@ -483,7 +495,7 @@ class MigrateKeysOperator(BaseOperator):
         if self.max_failed_ratio is not None and failed > self.max_failed_ratio:
             problems.append(f"{failed:.2%} of rows failed, over max_failed_ratio={self.max_failed_ratio:.2%}")
         if problems:
-            context["ti"].xcom_push(key="summary", value=result)
+            self._push_summary(context, result)
             raise AirflowFailException(
                 "; ".join(problems)
                 + f". The outcomes are in {summary.outputs.get('failed', 'failed.parquet')}"

@@ -558,3 +558,56 @@ def test_mapped_by_hash_catches_duplicates_across_files(
     for i, summary in enumerate(summaries):
         migrated, failed = outcomes(output / f"part_{i}")
         assert len(migrated) + len(failed) == summary["total"]
+
+
+# --- do_xcom_push ------------------------------------------------------------------------------------
+def _xcom_keys(dag_id: str, run_id: str) -> set[str]:
+    """The keys ``migrate`` pushed in the run, as Airflow's database holds them."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(XComModel.key).where(
+            XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.task_id == "migrate"
+        )
+        return set(session.scalars(query))
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "state", "expected"),
+    [
+        pytest.param("unkey_x_pushed", "success", {"return_value", "migrated", "failed"}, id="pushes"),
+        pytest.param("unkey_x_silent", "success", set(), id="silent"),
+        pytest.param(
+            "unkey_x_pushed_failing", "failed", {"summary", "migrated", "failed"}, id="pushes-failing"
+        ),
+        pytest.param("unkey_x_silent_failing", "failed", set(), id="silent-failing"),
+    ],
+)
+def test_do_xcom_push_false_pushes_nothing_and_writes_everything(
+    airflow_db: None, emulator: UnkeyEmulator, tmp_path: Path, dag_id: str, state: str, expected: set[str]
+) -> None:
+    import importlib
+
+    table = simple_table(20)
+    hashes = table.column("hash").to_pylist()
+    hashes[0] = hashes[1] = "not-a-hash"  # 10% invalid: over the failing DAGs' max_invalid_ratio
+    source = tmp_path / "keys.parquet"
+    pq.write_table(table.set_column(0, "hash", pa.array(hashes)), source)
+    output = tmp_path / "out"
+    module = importlib.import_module("tests.dags.unkey_xcom_test_dags")
+    dag = next(d for d in vars(module).values() if getattr(d, "dag_id", None) == dag_id)
+
+    run = dag.test(run_conf={"source": str(source), "output_path": str(output)})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"migrate": state}
+    keys = _xcom_keys(dag_id, run.run_id)
+    assert keys >= expected if expected else keys == set()
+    # The outputs and the ledger are written whether or not anything is pushed.
+    migrated, failed = outcomes(output)
+    assert len(migrated) == 18 and len(failed) == 2
+    assert_accounted(20, migrated, failed, emulator)
+    ledger = pq.read_table(output / "ledger")
+    assert ledger.num_rows == 20
