@@ -1,4 +1,5 @@
-"""Real databases for tests: a fresh PostgreSQL database per test, a SQLite file, Airflow connections.
+"""Real databases for tests: a fresh PostgreSQL or MariaDB/MySQL database per test, a SQLite file,
+Airflow connections.
 
 A test module makes the fixtures its own by binding them at module level (pytest finds fixtures by
 name in the module; a plain ``from tests.databases import postgres_dsn`` works too, but ruff then
@@ -7,11 +8,13 @@ reports the test arguments as redefinitions)::
     from tests import databases
 
     postgres_dsn = databases.postgres_dsn
+    mysql_database = databases.mysql_database
     sqlite_path = databases.sqlite_path
 
 PostgreSQL is the server at 127.0.0.1:5432 with trust authentication (user ``root``, else
-``postgres``). When it cannot be reached, tests that need it are skipped, or fail when the ``CI``
-environment variable is set: CI must not pass by skipping.
+``postgres``); MariaDB/MySQL the server at 127.0.0.1:3306 (user ``root``, no password). When a server
+cannot be reached, tests that need it are skipped, or fail when the ``CI`` environment variable is
+set: CI must not pass by skipping.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import mysql.connector
 import psycopg
+import pymysql
 import pytest
 from psycopg import sql
 
@@ -49,8 +56,8 @@ def _admin_connection() -> psycopg.Connection[tuple[object, ...]]:
     raise ConnectionError("; ".join(errors))
 
 
-def _unreachable(reason: str) -> NoReturn:
-    message = f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {reason}"
+def _unreachable(server: str, host: str, port: int, reason: str) -> NoReturn:
+    message = f"{server} at {host}:{port} is not reachable: {reason}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -67,7 +74,7 @@ def postgres_dsn() -> Iterator[str]:
     try:
         admin = _admin_connection()
     except ConnectionError as exc:
-        _unreachable(str(exc))
+        _unreachable("PostgreSQL", PG_HOST, PG_PORT, str(exc))
     name = f"unkey_test_{secrets.token_hex(6)}"
     user = admin.info.user
     try:
@@ -109,20 +116,79 @@ def register_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, uri: str)
 
 MYSQL_HOST = "127.0.0.1"
 MYSQL_PORT = 3306
+MYSQL_USER = "root"
+#: The MySQL drivers the ``test`` extra installs, both pure Python: mysql-connector-python (what
+#: MySqlHook opens with the connection extra ``{"client": "mysql-connector-python"}``) and PyMySQL
+#: (the ``SSCursor`` API that mysqlclient shares).
+MYSQL_DRIVERS = ("mysql-connector-python", "pymysql")
 
 
-def mysql_connect() -> Any:
-    """A connection to MariaDB/MySQL at 127.0.0.1:3306 (root, database ``test``), through MySQLdb or
-    PyMySQL; skips the test when neither driver is installed (the project does not depend on one).
+def mysql_connect(driver: str, database: str, **kwargs: Any) -> Any:
+    """A new connection to ``database`` on the MariaDB/MySQL server at 127.0.0.1:3306, as ``root``.
+
+    :param driver: one of :data:`MYSQL_DRIVERS`.
+    :param kwargs: passed to the driver's ``connect``.
+    """
+    if driver == "pymysql":
+        return pymysql.connect(
+            host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, database=database, connect_timeout=3, **kwargs
+        )
+    if driver == "mysql-connector-python":
+        return mysql.connector.connect(
+            host=MYSQL_HOST,
+            port=MYSQL_PORT,
+            user=MYSQL_USER,
+            database=database,
+            connection_timeout=3,
+            **kwargs,
+        )
+    raise ValueError(f"unknown MySQL driver {driver!r}: use one of {MYSQL_DRIVERS}")
+
+
+@dataclass(frozen=True)
+class MySqlDatabase:
+    """A database on the MariaDB/MySQL server, made for one test."""
+
+    name: str
+
+    def connect(self, driver: str = "mysql-connector-python", **kwargs: Any) -> Any:
+        """A new connection to this database through ``driver`` (see :func:`mysql_connect`)."""
+        return mysql_connect(driver, self.name, **kwargs)
+
+    @property
+    def uri(self) -> str:
+        """The database as an Airflow connection URI (``mysql://root@127.0.0.1:3306/<name>``)."""
+        return f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{self.name}"
+
+
+@pytest.fixture
+def mysql_database() -> Iterator[MySqlDatabase]:
+    """A fresh, empty database ``unkey_test_<random>`` on MariaDB/MySQL at 127.0.0.1:3306 (user ``root``,
+    no password), dropped afterwards.
+
+    When the server cannot be reached the test is skipped, or fails when ``CI`` is set.
     """
     try:
-        import MySQLdb
-
-        return MySQLdb.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", database="test")
-    except ImportError:
-        pass
+        admin = pymysql.connect(
+            host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, autocommit=True, connect_timeout=3
+        )
+    except pymysql.err.MySQLError as exc:
+        _unreachable("MariaDB/MySQL", MYSQL_HOST, MYSQL_PORT, str(exc))
+    name = f"unkey_test_{secrets.token_hex(6)}"
     try:
-        import pymysql
-    except ImportError:
-        pytest.skip("no MySQL driver (MySQLdb or pymysql) is installed")
-    return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", database="test")
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        yield MySqlDatabase(name)
+    finally:
+        with admin.cursor() as cursor:
+            # A test may leave a connection open (a generator not closed): end it, or DROP would wait
+            # for the metadata locks its query holds.
+            cursor.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+                (name,),
+            )
+            for (thread,) in cursor.fetchall():
+                with suppress(pymysql.err.MySQLError):  # it may have ended meanwhile
+                    cursor.execute(f"KILL {int(thread)}")
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()

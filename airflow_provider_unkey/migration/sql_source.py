@@ -69,6 +69,26 @@ def _open_cursor(connection: Any, kind: str, itersize: int) -> Any:
     return connection.cursor()
 
 
+def _abandon_result(cursor: Any) -> bool:
+    """Leave an unbuffered MySQL result unread, so that closing the connection ends the query.
+
+    Closing PyMySQL's ``SSCursor`` reads the rest of the result and throws it away: stopping after the
+    first batch of a large table would still read all of it. mysql-connector-python's unbuffered cursor
+    refuses to close (``Unread result found``) but its connection closes without reading. Either way the
+    connection is closed next, and the server ends the query when it can no longer send rows.
+
+    :return: whether the cursor must not be closed (``False``: close it as usual; mysqlclient's cursor,
+        whose result is freed by the C client, is closed as usual).
+    """
+    root = type(cursor).__module__.split(".")[0]
+    if root == "pymysql":
+        result = getattr(cursor, "_result", None)
+        if result is not None and getattr(result, "unbuffered_active", False):
+            result.unbuffered_active = False  # or its __del__ reads on from the closed connection
+        return True
+    return root == "mysql"
+
+
 #: PostgreSQL type OIDs (the ``type_code`` psycopg puts in ``cursor.description``) -> Arrow types.
 _PG_TYPES: dict[int, pa.DataType] = {
     16: pa.bool_(),
@@ -250,9 +270,11 @@ class SqlSource:
 
     The query runs when iteration starts, on a connection from ``connect``; rows are fetched with
     ``fetchmany(batch_rows)`` and never all at once. PostgreSQL (psycopg 3 or psycopg2) reads through a
-    named, server-side cursor; MySQL/MariaDB through an unbuffered ``SSCursor``; SQLite's cursor steps
-    through the result natively. The cursor and the connection are closed when the rows run out, on an
-    error, and when the consumer stops early (``close()`` on the generator, or dropping it).
+    named, server-side cursor; MySQL/MariaDB through an unbuffered cursor (``SSCursor`` with mysqlclient
+    and PyMySQL, ``buffered=False`` with mysql-connector-python); SQLite's cursor steps through the
+    result natively. The cursor and the connection are closed when the rows run out, on an error, and
+    when the consumer stops early (``close()`` on the generator, or dropping it); on MySQL, stopping
+    early closes the connection without reading the rest of the result.
 
     **One schema for the whole query.** Column names come from ``cursor.description`` (a name used
     twice is an error). Each column's Arrow type is fixed once, then every chunk is built with it:
@@ -312,8 +334,11 @@ class SqlSource:
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         connection = self.connect()
         cursor = None
+        kind = "none"
+        exhausted = False  # the driver has read the result to its end
         try:
-            cursor = _open_cursor(connection, self._cursor_kind(connection), self.batch_rows)
+            kind = self._cursor_kind(connection)
+            cursor = _open_cursor(connection, kind, self.batch_rows)
             if self.parameters is None:
                 cursor.execute(self.sql)
             else:
@@ -332,6 +357,7 @@ class SqlSource:
                     if twice:
                         raise SourceError(f"the query returns more than one column named {twice}: alias them")
                 if not rows:
+                    exhausted = True
                     return
                 if isinstance(rows[0], Mapping):  # a dict row factory (e.g. the connection's "cursor" extra)
                     rows = [tuple(row[c.name] for c in columns) for row in rows]
@@ -345,9 +371,10 @@ class SqlSource:
                     arrays = [_next_array(c, v) for c, v in zip(columns, values, strict=True)]
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
                 if len(rows) < self.batch_rows:
+                    exhausted = True
                     return
         finally:
-            if cursor is not None:
+            if cursor is not None and not (kind == "mysql" and not exhausted and _abandon_result(cursor)):
                 with suppress(Exception):  # the transaction may have failed; closing still must happen
                     cursor.close()
             connection.close()

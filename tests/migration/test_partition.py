@@ -23,9 +23,10 @@ from airflow_provider_unkey.migration.partition import (
 from airflow_provider_unkey.migration.sources import ParquetSource, SqlSource
 from airflow_provider_unkey.operators import io
 from tests import databases
-from tests.databases import mysql_connect, register_connection, sqlite_uri
+from tests.databases import MYSQL_DRIVERS, MySqlDatabase, register_connection, sqlite_uri
 
 postgres_dsn = databases.postgres_dsn
+mysql_database = databases.mysql_database
 sqlite_path = databases.sqlite_path
 
 # --- Parquet ------------------------------------------------------------------------------------------
@@ -266,24 +267,43 @@ def test_sql_partitions_on_postgres(
         _check_sql_partitions(partitions, run, rows, n, groups)
 
 
-def test_sql_partitions_on_mysql_with_a_case_insensitive_collation() -> None:
-    conn = mysql_connect()
-    rows = _hash_rows(_b64)
-    cursor = conn.cursor()
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS)
+@pytest.mark.parametrize(
+    ("hash_format", "hash_of", "groups"), [("sha256_base64", _b64, 38), ("sha256_hex", _hex, 16)]
+)
+def test_sql_partitions_on_mysql_with_a_case_insensitive_collation(
+    mysql_database: MySqlDatabase, driver: str, hash_format: str, hash_of: Any, groups: int
+) -> None:
+    """MySQL compares text without case by default: 'a' and 'A' must still land in one partition each."""
+    rows = _hash_rows(hash_of)
+    conn = mysql_database.connect(driver)
     try:
+        cursor = conn.cursor()
         cursor.execute(
-            "CREATE TEMPORARY TABLE unkey_keys (id INT, hash VARCHAR(100)) COLLATE utf8mb4_general_ci"
+            "CREATE TABLE `key table` (id INT, `the hash` VARCHAR(100)) COLLATE utf8mb4_general_ci"
         )
-        cursor.executemany("INSERT INTO unkey_keys VALUES (%s, %s)", rows)
-
-        def run(sql: str) -> list[tuple[Any, ...]]:
-            cursor.execute(sql)
-            return [tuple(r) for r in cursor.fetchall()]
-
-        partitions = sql_partitions("SELECT id, hash FROM unkey_keys", "hash", 5, dialect="mysql")
-        _check_sql_partitions(partitions, run, rows, 5, 38)
+        cursor.executemany("INSERT INTO `key table` VALUES (%s, %s)", rows)
+        conn.commit()
+        cursor.close()
     finally:
         conn.close()
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        # Streamed as the operator reads it: an unbuffered cursor, in chunks.
+        source = SqlSource(lambda: mysql_database.connect(driver), sql, (-1,), batch_rows=400)
+        return [tuple(r.values()) for b in source for r in b.to_pylist()]
+
+    for n in (1, 5, groups):
+        partitions = sql_partitions(
+            "SELECT id, `the hash` FROM `key table` WHERE id > %s",
+            "the hash",
+            n,
+            hash_format=hash_format,
+            dialect="mysql",
+        )
+        assert "`the hash`" in partitions[-1]["sql"]
+        _check_sql_partitions(partitions, run, rows, n, groups)
 
 
 @pytest.mark.parametrize("hash_format", ["sha256_base64", "sha256_hex"])

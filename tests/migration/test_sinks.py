@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import uuid
 from pathlib import Path
@@ -22,9 +23,10 @@ from airflow_provider_unkey.migration.sinks import (
 )
 from airflow_provider_unkey.operators import io
 from tests import databases
-from tests.databases import mysql_connect, register_connection, sqlite_uri
+from tests.databases import MYSQL_DRIVERS, MySqlDatabase, register_connection, sqlite_uri
 
 postgres_dsn = databases.postgres_dsn
+mysql_database = databases.mysql_database
 sqlite_path = databases.sqlite_path
 
 MIGRATED_COLUMNS = ["hash", "key_id", "source_row", "request_id"]
@@ -264,17 +266,74 @@ def test_write_outcomes_to_sql_through_an_airflow_postgres_connection(
         _check_tables(cur, "unkey", runs)
 
 
-def test_mysql_sink(tmp_path: Path) -> None:
-    conn = mysql_connect()
-    prefix = f"unkey_test_{uuid.uuid4().hex[:8]}"
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS)
+def test_mysql_sink(tmp_path: Path, mysql_database: MySqlDatabase, driver: str) -> None:
+    """Both tables on MariaDB/MySQL: DATETIME(6) for the time, a schema-qualified (database.table)
+    prefix, several runs, and a retried task that replaces its rows."""
+    prefix = f"{mysql_database.name}.unkey"
+    runs = {
+        "run_1": write_run(tmp_path / "r1", migrated=31, failed=13),
+        "run_2": write_run(tmp_path / "r2", migrated=2, failed=1),
+    }
+    sink = SqlOutcomeSink(lambda: mysql_database.connect(driver), prefix, chunk_rows=4)
+    sink.write("run_1", write_run(tmp_path / "earlier_try", migrated=50, failed=20))
+    for run_id, directory in runs.items():
+        written = sink.write(run_id, directory)  # run_1: the retry replaces the earlier try's rows
+        assert written == {
+            "migrated": pq.read_metadata(directory / "migrated.parquet").num_rows,
+            "failed": pq.read_metadata(directory / "failed.parquet").num_rows,
+        }
+    conn = mysql_database.connect(driver)
     try:
-        sink = SqlOutcomeSink(mysql_connect, prefix, chunk_rows=6)
-        run = write_run(tmp_path / "r1", migrated=15, failed=5)
-        sink.write("run_1", run)
-        _check_tables(conn.cursor(), prefix, {"run_1": run})
-    finally:
         cursor = conn.cursor()
-        cursor.execute(f"DROP TABLE IF EXISTS {prefix}_migrated, {prefix}_failed")
+        cursor.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            (mysql_database.name,),
+        )
+        columns = [tuple(str(v) for v in row) for row in cursor.fetchall()]
+        assert [c for t, c, _ in columns if t == "unkey_migrated"] == [
+            "run_id", "task_key", "hash", "key_id", "source_row", "request_id", "recorded_at"
+        ]  # fmt: skip
+        types = {(t, c): typ for t, c, typ in columns}
+        assert types[("unkey_migrated", "recorded_at")] == "datetime(6)"
+        assert types[("unkey_failed", "hash")] == "text"
+        assert types[("unkey_failed", "source_row")] == "bigint(20)"
+        _check_tables(cursor, prefix, runs)
+        cursor.execute(f"SELECT DISTINCT recorded_at FROM {prefix}_failed WHERE run_id = 'run_2'")
+        stamps = cursor.fetchall()
+        assert len(stamps) == 1 and isinstance(stamps[0][0], dt.datetime)
+        cursor.close()
+    finally:
+        conn.close()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS)
+def test_mysql_sink_writes_a_table_in_one_transaction(
+    tmp_path: Path, mysql_database: MySqlDatabase, driver: str
+) -> None:
+    run = write_run(tmp_path / "r1", migrated=23, failed=3)
+    conn = mysql_database.connect(driver)
+    cursor = conn.cursor()
+    # InnoDB, with a rule that row 20 breaks: after 4 chunks of 5 rows were inserted.
+    cursor.execute(
+        "CREATE TABLE out_migrated (run_id VARCHAR(256), task_key VARCHAR(256), hash VARCHAR(256), "
+        "key_id VARCHAR(256), source_row BIGINT CHECK (source_row < 20), request_id VARCHAR(256), "
+        "recorded_at DATETIME(6)) ENGINE=InnoDB"
+    )
+    conn.close()
+    sink = SqlOutcomeSink(lambda: mysql_database.connect(driver), "out", chunk_rows=5)
+    with pytest.raises(Exception, match=r"(?i)constraint"):
+        sink.write("run_1", run)
+    conn = mysql_database.connect(driver)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT COUNT(*) FROM out_migrated")
+        assert cursor.fetchone()[0] == 0
+        cursor.close()
+    finally:
         conn.close()
 
 

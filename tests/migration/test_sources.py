@@ -1,4 +1,4 @@
-"""Sources: Parquet in every shape and on any storage, SQL streamed from SQLite and PostgreSQL."""
+"""Sources: Parquet in every shape and on any storage, SQL streamed from SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ from airflow_provider_unkey.migration.sources import (
 )
 from airflow_provider_unkey.operators import io
 from tests import databases
-from tests.databases import register_connection, sqlite_uri
+from tests.databases import MYSQL_DRIVERS, MySqlDatabase, register_connection, sqlite_uri
 
 postgres_dsn = databases.postgres_dsn
+mysql_database = databases.mysql_database
 sqlite_path = databases.sqlite_path
 
 
@@ -491,3 +492,180 @@ def test_postgres_error_closes_the_connection(postgres_dsn: str) -> None:
     with pytest.raises(psycopg.errors.UndefinedTable):
         list(SqlSource(connect, "SELECT * FROM no_such_table"))
     assert opened[0].closed
+
+
+# --- SQL on MariaDB/MySQL -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def typed_mysql(mysql_database: MySqlDatabase) -> MySqlDatabase:
+    """A table with the types a key source has on MySQL; some columns are NULL in the first rows only."""
+    conn = mysql_database.connect("pymysql")
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            """
+            CREATE TABLE `keys` (
+                id INT, big BIGINT, hash VARCHAR(100), note TEXT, meta JSON, enabled BOOLEAN,
+                credits DECIMAL(12, 2), ratio DOUBLE, late INT, expires DATETIME(6), day DATE,
+                window_len TIME, raw VARBINARY(32)
+            ) CHARACTER SET utf8mb4
+            """
+        )
+        cursor.executemany(
+            "INSERT INTO `keys` VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    g,
+                    g * 10_000_000_000,
+                    f"hash{g}",
+                    f"ключ {g}",
+                    json.dumps({"g": g, "tags": ["x"]}) if g > 3 else None,
+                    g % 2 == 0,
+                    Decimal(g) * Decimal("1.25"),
+                    g / 4,
+                    g if g > 3 else None,
+                    dt.datetime(2030, 1, 1, 0, 0, 0, 500) + dt.timedelta(days=g) if g > 3 else None,
+                    dt.date(2024, 1, 1) + dt.timedelta(days=g),
+                    dt.timedelta(minutes=g),
+                    bytes([g, 255]),
+                )
+                for g in range(1, _TYPED_ROWS + 1)
+            ],
+        )
+        conn.commit()
+        cursor.close()
+    finally:
+        conn.close()
+    return mysql_database
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS)
+def test_mysql_types_and_one_schema_across_chunks(typed_mysql: MySqlDatabase, driver: str) -> None:
+    source = SqlSource(lambda: typed_mysql.connect(driver), "SELECT * FROM `keys` ORDER BY id;", batch_rows=3)
+    batches = list(source)
+    assert [b.num_rows for b in batches] == [3, 3, 1]
+    assert all(b.schema == source.schema for b in batches)
+    types = {f.name: f.type for f in batches[0].schema}
+    assert types == {
+        "id": pa.int64(),
+        "big": pa.int64(),
+        "hash": pa.string(),
+        "note": pa.string(),
+        "meta": pa.string(),  # NULL in the whole first chunk (and JSON is text on MariaDB)
+        "enabled": pa.int64(),  # BOOLEAN is TINYINT(1)
+        "credits": pa.decimal128(38, 2),
+        "ratio": pa.float64(),
+        "late": pa.string(),  # NULL in the whole first chunk: text, and later numbers as text
+        "expires": pa.string(),
+        "day": pa.date32(),
+        "window_len": pa.duration("us"),
+        "raw": pa.binary(),
+    }
+    rows = pa.Table.from_batches(batches).to_pylist()
+    assert [r["id"] for r in rows] == list(range(1, _TYPED_ROWS + 1))
+    first, last = rows[0], rows[-1]
+    assert first["meta"] is None and first["late"] is None and first["expires"] is None
+    assert last["big"] == 70_000_000_000
+    assert last["note"] == "ключ 7"
+    assert json.loads(last["meta"]) == {"g": 7, "tags": ["x"]}
+    assert last["enabled"] == 0
+    assert last["credits"] == Decimal("8.75")
+    assert last["ratio"] == 1.75
+    assert last["late"] == "7"
+    assert last["expires"] == "2030-01-08T00:00:00.000500"
+    assert last["day"] == dt.date(2024, 1, 8)
+    assert last["window_len"] == dt.timedelta(minutes=7)
+    assert last["raw"] == bytes([7, 255])
+
+
+def _thread_id(conn: Any) -> int:
+    """The server's id for a connection (``CONNECTION_ID()``), asked of the driver without a query."""
+    return int(conn.connection_id if hasattr(conn, "connection_id") else conn.thread_id())
+
+
+def _is_open(conn: Any) -> bool:
+    return bool(conn.is_connected() if hasattr(conn, "is_connected") else conn.open)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS)
+def test_mysql_reads_through_an_unbuffered_cursor(mysql_database: MySqlDatabase, driver: str) -> None:
+    """The result streams: after two batches the server is still sending it, and stopping early ends the
+    query instead of reading the rest."""
+    admin = mysql_database.connect("pymysql", autocommit=True)
+    cursor = admin.cursor()
+    cursor.execute("CREATE TABLE digits (d INT)")
+    cursor.executemany("INSERT INTO digits VALUES (%s)", [(d,) for d in range(10)])
+    opened: list[Any] = []
+
+    def connect() -> Any:
+        opened.append(mysql_database.connect(driver))
+        return opened[-1]
+
+    # 100,000 rows of 1 kB: 100 MB, far more than the socket buffers hold, so the server can only be
+    # done when the client has read everything. The query is finite, so a buffering regression fails
+    # the assertions below instead of reading forever.
+    digits = ", ".join(f"digits d{i}" for i in range(5))
+    big = f"SELECT d0.d + 10 * d1.d + 100 * d2.d + 1000 * d3.d + 10000 * d4.d AS n, REPEAT('x', 1000) AS pad FROM {digits}"
+    batches = iter(SqlSource(connect, big, batch_rows=500))
+    first, second = next(batches), next(batches)
+    assert first.num_rows == second.num_rows == 500
+    assert first.schema.names == ["n", "pad"]
+    conn = opened[0]
+    cursor.execute(
+        "SELECT COMMAND, INFO FROM information_schema.PROCESSLIST WHERE ID = %s", (_thread_id(conn),)
+    )
+    command, info = cursor.fetchone()
+    assert command == "Query" and "REPEAT('x', 1000)" in info  # still sending the result
+    batches.close()  # type: ignore[attr-defined]
+    assert not _is_open(conn)
+    # Read to the end, the cursor and connection are closed too.
+    small = list(SqlSource(connect, "SELECT d FROM digits ORDER BY d", batch_rows=4))
+    assert [b.num_rows for b in small] == [4, 4, 2]
+    assert not _is_open(opened[-1])
+    # An empty result, and one that ends on a full batch.
+    assert list(SqlSource(connect, "SELECT d FROM digits WHERE d > %s", (9,))) == []
+    assert [b.num_rows for b in SqlSource(connect, "SELECT d FROM digits", batch_rows=5)] == [5, 5]
+    assert not any(_is_open(c) for c in opened)
+    admin.close()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS)
+def test_mysql_errors_close_the_connection(mysql_database: MySqlDatabase, driver: str) -> None:
+    opened: list[Any] = []
+
+    def connect() -> Any:
+        opened.append(mysql_database.connect(driver))
+        return opened[-1]
+
+    with pytest.raises(Exception, match="no_such_table"):
+        list(SqlSource(connect, "SELECT * FROM no_such_table"))
+    assert not _is_open(opened[-1])
+    with pytest.raises(SourceError, match="more than one column named"):
+        list(SqlSource(connect, "SELECT 1 AS n, 2 AS n"))
+    assert not _is_open(opened[-1])
+    # An error in the middle of the stream, after rows were read: the server fails at the third row.
+    conn = mysql_database.connect("pymysql")
+    conn.cursor().execute("CREATE TABLE digits (d INT)")
+    conn.cursor().executemany("INSERT INTO digits VALUES (%s)", [(d,) for d in range(10)])
+    conn.commit()
+    conn.close()
+    failing = "SELECT d, (SELECT e.d FROM digits e WHERE e.d < t.d) AS below FROM digits t"
+    batches = iter(SqlSource(connect, failing, batch_rows=1))
+    assert next(batches).to_pylist() == [{"d": 0, "below": None}]
+    with pytest.raises(Exception, match=r"(?i)more than 1 row"):
+        list(batches)
+    assert not _is_open(opened[-1])
+
+
+def test_driver_family_of_mysql_drivers() -> None:
+    import mysql.connector.connection
+    import pymysql.connections
+
+    assert driver_family(object.__new__(pymysql.connections.Connection)) == "mysql"
+    assert driver_family(object.__new__(mysql.connector.connection.MySQLConnection)) == "mysql"
