@@ -239,6 +239,31 @@ def _server_rules(node: Node) -> bool:
     return bool(own) or any(_server_rules(n) for n in below)
 
 
+def _gen_members(
+    src: _Source,
+    node: Node,
+    var: str,
+    indent: int,
+    depth: int,
+    gen: Callable[[_Source, Node, str, int, int], None],
+    only: Callable[[Node], bool] = lambda member: True,
+) -> None:
+    """Lines checking each member of the object in ``var`` with ``gen``: a null the server refuses,
+    and a member another one's value requires (a monthly refill's day)."""
+    for name, member in node.members.items():
+        if not only(member):
+            continue
+        value = f"v{depth + 1}"
+        src.emit(indent, f"{value} = {var}.get({name!r}, MISSING)")
+        src.emit(indent, f"if {value} is not MISSING:")
+        if member.field.null_status is not None:
+            src.emit(indent + 1, f"if {value} is None: return False")
+        gen(src, member, value, indent + 1, depth + 1)
+        if member.field.required_when is not None:
+            other, said = member.field.required_when
+            src.emit(indent, f"elif {var}.get({other!r}) == {said!r}: return False")
+
+
 def _gen_server(src: _Source, node: Node, var: str, indent: int, depth: int) -> None:
     """Lines that ``return False`` unless the server accepts the schema-valid value in ``var``."""
     f = node.field
@@ -256,18 +281,7 @@ def _gen_server(src: _Source, node: Node, var: str, indent: int, depth: int) -> 
         if f.unique_items is not None:
             src.emit(indent, f"if len(set({var})) != len({var}): {fail}")
     elif f.type == "object":
-        for name, member in node.members.items():
-            if not _server_rules(member):
-                continue
-            value = f"v{depth + 1}"
-            src.emit(indent, f"{value} = {var}.get({name!r}, MISSING)")
-            src.emit(indent, f"if {value} is not MISSING:")
-            if member.field.null_status is not None:
-                src.emit(indent + 1, f"if {value} is None: {fail}")
-            _gen_server(src, member, value, indent + 1, depth + 1)
-            if member.field.required_when is not None:
-                other, said = member.field.required_when
-                src.emit(indent, f"elif {var}.get({other!r}) == {said!r}: {fail}")
+        _gen_members(src, node, var, indent, depth, _gen_server, only=_server_rules)
 
 
 def _gen(src: _Source, node: Node, var: str, indent: int, depth: int) -> None:
@@ -314,16 +328,7 @@ def _gen(src: _Source, node: Node, var: str, indent: int, depth: int) -> None:
             src.emit(indent, f"if not {var}.keys() <= {src.const(frozenset(node.members))}: {fail}")
         if node.required:
             src.emit(indent, f"if not {src.const(frozenset(node.required))} <= {var}.keys(): {fail}")
-        for name, member in node.members.items():
-            value = f"v{depth + 1}"
-            src.emit(indent, f"{value} = {var}.get({name!r}, MISSING)")
-            src.emit(indent, f"if {value} is not MISSING:")
-            if member.field.null_status is not None:
-                src.emit(indent + 1, f"if {value} is None: {fail}")
-            _gen(src, member, value, indent + 1, depth + 1)
-            if member.field.required_when is not None:
-                other, said = member.field.required_when
-                src.emit(indent, f"elif {var}.get({other!r}) == {said!r}: {fail}")
+        _gen_members(src, node, var, indent, depth, _gen)
 
 
 def _compile(node: Node, name: str = "check", *, server_only: bool = False) -> Check:

@@ -79,21 +79,6 @@ def assert_error(r: requests.Response, status: int, type_suffix: str) -> dict[st
 
 
 @pytest.fixture
-def make_emulator() -> Iterator[Callable[..., UnkeyEmulator]]:
-    """Started ``UnkeyEmulator.quick(**kw)`` emulators, all stopped after the test."""
-    started: list[UnkeyEmulator] = []
-
-    def make(**kw: Any) -> UnkeyEmulator:
-        emu = UnkeyEmulator.quick(**kw).start()
-        started.append(emu)
-        return emu
-
-    yield make
-    for emu in started:
-        emu.stop()
-
-
-@pytest.fixture
 def emu(unkey_emulator: UnkeyEmulator) -> UnkeyEmulator:
     return unkey_emulator
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -120,20 +120,6 @@ def quota(r: requests.Response) -> tuple[str, str, str]:
     present = [name for name in QUOTA_HEADERS if name in r.headers]
     assert present == list(QUOTA_HEADERS), f"only {present} of the RateLimit-* headers: {r.headers}"
     return r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"], r.headers["RateLimit-Reset"]
-
-
-@pytest.fixture
-def make_emulator() -> Iterator[Callable[..., UnkeyEmulator]]:
-    started: list[UnkeyEmulator] = []
-
-    def make(**kw: Any) -> UnkeyEmulator:
-        emu = UnkeyEmulator.quick(**kw).start()
-        started.append(emu)
-        return emu
-
-    yield make
-    for emu in started:
-        emu.stop()
 
 
 # --- the queue ---------------------------------------------------------------------------------------
