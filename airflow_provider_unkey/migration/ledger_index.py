@@ -27,6 +27,7 @@ from airflow_provider_unkey.migration.ledger_base import (
     _Storage,
 )
 from airflow_provider_unkey.migration.spill import DEFAULT_MEMORY_BUDGET, SortedRuns, check_budget
+from airflow_provider_unkey.rules import HASH_FORMAT_TABLE
 
 # --- reading ---------------------------------------------------------------------------------------
 
@@ -216,16 +217,20 @@ class KnownHashes:
         resumed = int(json.loads(marker)["try_number"]) if marker is not None else None
         dataset = storage.dataset()
         exists_filter = pc.field("reason").is_null() | pc.field("reason").isin(list(EXISTS_IN_UNKEY))
-        width = 44 if wire_format == "sha256_base64" else 64
+        width = HASH_FORMAT_TABLE[wire_format].width
+
+        def runs(values: type[np.generic], memory_budget: int | None) -> SortedRuns:
+            return SortedRuns(
+                np.uint64,
+                values,
+                buffer_size=1 << 20,
+                memory_budget=memory_budget,
+                spill_dir=spill_dir,
+                name="unkey-ledger-",
+            )
+
         # ``others``: a single zero byte a hash, only presence matters; ``mine``: the record's index.
-        others = SortedRuns(
-            np.uint64,
-            np.int8,
-            buffer_size=1 << 20,
-            memory_budget=budget,
-            spill_dir=spill_dir,
-            name="unkey-ledger-",
-        )
+        others = runs(np.int8, budget)
         mine: SortedRuns | None = None
         record_parts: list[pa.RecordBatch] = []
         owners = ["dag_id", "run_id", "task_id", "map_index"]
@@ -246,14 +251,7 @@ class KnownHashes:
                 # outcomes, to report again. The filter keeps just their rows. Their index gets what
                 # the other runs' index left of the budget.
                 left = None if budget is None else max(budget - others.nbytes, budget // 8, 1)
-                mine = SortedRuns(
-                    np.uint64,
-                    np.int64,
-                    buffer_size=1 << 20,
-                    memory_budget=left,
-                    spill_dir=spill_dir,
-                    name="unkey-ledger-",
-                )
+                mine = runs(np.int64, left)
                 mine_filter = exists_filter & _task_instance_filter(scope)
                 count = 0
                 for scanned in cls._scan(dataset, [*_RECORDS_SCHEMA.names], mine_filter, batch_rows):
