@@ -48,6 +48,16 @@ def is_text_type(t: pa.DataType) -> bool:
     )
 
 
+def is_binary_type(t: pa.DataType) -> bool:
+    """``binary``, ``large_binary``, ``binary_view`` or ``fixed_size_binary`` (of any width)."""
+    return bool(
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or (hasattr(pa.types, "is_binary_view") and pa.types.is_binary_view(t))
+    )
+
+
 def is_list_type(t: pa.DataType) -> bool:
     """Any Arrow list type."""
     return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from airflow_provider_unkey import rules
-from airflow_provider_unkey.migration.arrow_json import is_text_type
+from airflow_provider_unkey.migration.arrow_json import is_binary_type, is_text_type
 
 #: The key object's fields a column can map to, from the rules' field table: whole values, with
 #: ``credits`` as its members' dotted paths.
@@ -46,7 +46,7 @@ def resolve_mapping(column_mapping: Mapping[str, str] | None, schema: pa.Schema)
     :param schema: the source's schema.
     :raises MappingError: for an unknown field, a column the source lacks, no ``hash``, a field whose
         object needs a required member that is not mapped (a refill without ``credits.remaining``), or
-        a hash column that does not hold text.
+        a hash column that holds neither text nor binary digests.
     """
     names = set(schema.names)
     if column_mapping is None:
@@ -80,6 +80,9 @@ def resolve_mapping(column_mapping: Mapping[str, str] | None, schema: pa.Schema)
     hash_type = schema.field(mapping["hash"]).type
     # A dictionary column is text only if its values are (an int-valued dictionary is not a hash).
     value_type = hash_type.value_type if pa.types.is_dictionary(hash_type) else hash_type
-    if not is_text_type(value_type):
-        raise MappingError(f"the hash column {mapping['hash']!r} must hold text, not {hash_type}")
+    if not (is_text_type(value_type) or is_binary_type(value_type)):
+        raise MappingError(
+            f"the hash column {mapping['hash']!r} must hold text (base64 or hex) or binary digests, "
+            f"not {hash_type}"
+        )
     return mapping

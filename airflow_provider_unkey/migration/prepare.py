@@ -80,7 +80,8 @@ class PreparedRows:
 
 @dataclass(slots=True)
 class Rejects:
-    """Rows that failed validation: source row, the hash as the source had it, and what is wrong."""
+    """Rows that failed validation: source row, the hash as the source had it (a binary hash as
+    lowercase hex), and what is wrong."""
 
     rows: list[int]
     hashes: list[str | None]
@@ -94,7 +95,8 @@ class KeyPreparer:
     """Turns source record batches into serialised key objects and rejects.
 
     :param mapping: field path -> column, from :func:`resolve_mapping`.
-    :param hash_format: what the hash column holds: ``sha256_base64`` or ``sha256_hex``.
+    :param hash_format: what the hash column holds: ``sha256_base64``, ``sha256_hex`` or
+        ``sha256_binary``. A binary column is read as raw 32-byte digests whatever it says.
     :param algorithm: the migration's algorithm; it fixes the hash format on the wire.
     :param list_delimiter: separates roles and permissions held in one text column.
     :param max_key_bytes: a key object larger than this cannot fit in a request.
@@ -133,10 +135,15 @@ class KeyPreparer:
         """True when only the hash is mapped: the fast, fully vectorised path."""
         return not self._fields
 
-    def _hash_problems(self, raw: pa.Array, ok: pa.BooleanArray) -> list[str | None]:
-        """A detail for each row whose hash does not fit the declared format (None where it does)."""
+    def _hash_problems(self, raw: pa.Array, ok: pa.BooleanArray, hash_format: str) -> list[str | None]:
+        """A detail for each row whose hash does not fit ``hash_format`` (None where it does).
+
+        :param hash_format: the format the column is read as (:func:`hashes.column_format`).
+        """
+        if hash_format == hashes.SHA256_BINARY:
+            return _binary_problems(raw, ok)
         details: list[str | None] = []
-        declared = rules.HASH_FORMAT_TABLE[self.hash_format]
+        declared = rules.HASH_FORMAT_TABLE[hash_format]
         others = [f for f in rules.HASH_FORMAT_TABLE.values() if f is not declared]
         for value, good in zip(raw.to_pylist(), ok.to_pylist(), strict=True):
             if good:
@@ -164,23 +171,34 @@ class KeyPreparer:
         """
         n = batch.num_rows
         raw = plain(batch.column(self.mapping["hash"]))
-        ok = hashes.format_mask(raw, self.hash_format)
+        hash_format = hashes.column_format(raw.type, self.hash_format)
+        if pa.types.is_binary_view(raw.type):
+            raw = raw.cast(pa.large_binary())  # take() has no kernel for binary views
+        ok = hashes.format_mask(raw, hash_format)
         ok_np = np_mask(ok)
         rows = np.arange(first_row, first_row + n, dtype=np.int64)
         rejects = Rejects([], [], [])
+        shown: list[pa.Array] = []  # the hashes as rejects show them, built once, if any row fails
+
+        def show(i: int) -> str | None:
+            if not shown:
+                shown.append(hashes.readable(raw))
+            value: str | None = shown[0][i].as_py()
+            return value
+
         if not ok_np.all():
-            for i, problem in enumerate(self._hash_problems(raw, ok)):
+            for i, problem in enumerate(self._hash_problems(raw, ok, hash_format)):
                 if problem is not None:
                     rejects.rows.append(first_row + i)
-                    rejects.hashes.append(raw[i].as_py())
+                    rejects.hashes.append(show(i))
                     rejects.details.append(problem)
         good_idx = np.flatnonzero(ok_np)
         take = pa.array(good_idx, type=pa.int64()) if len(good_idx) < n else None
         good_raw = raw.take(take) if take is not None else raw
-        digest_rows = hashes.digests(good_raw, self.hash_format)
+        digest_rows = hashes.digests(good_raw, hash_format)
         wire = (
             good_raw
-            if self.hash_format == self.wire_format and self.wire_format == "sha256_base64"
+            if hash_format == self.wire_format and self.wire_format == "sha256_base64"
             else hashes.encode(digest_rows, self.wire_format).cast(LS)
         )
         wire_list = wire.to_pylist()
@@ -214,7 +232,7 @@ class KeyPreparer:
                     accepted[j] = True
                 else:
                     rejects.rows.append(int(rows[good_idx[j]]))
-                    rejects.hashes.append(raw[int(good_idx[j])].as_py())
+                    rejects.hashes.append(show(int(good_idx[j])))
                     rejects.details.append(outcome)
         keep = np.flatnonzero(accepted)
         keys = [k for k in keys_by_row if k is not None]
@@ -330,6 +348,49 @@ def _at(key: dict[str, Any], path: str) -> dict[str, Any] | None:
     for part in path.split(".") if path else ():
         target = target.get(part) if isinstance(target, dict) else None
     return target if isinstance(target, dict) else None
+
+
+def _binary_problems(raw: pa.Array, ok: pa.BooleanArray) -> list[str | None]:
+    """:meth:`KeyPreparer._hash_problems` for a column read as ``sha256_binary``.
+
+    A binary value must be 32 bytes. Hex or base64 text stored in a binary column (a ``VARBINARY(64)``)
+    is named as such; a text column under ``hash_format='sha256_binary'`` gets the setting that fits it.
+    """
+    details: list[str | None] = [None] * len(raw)
+    bad = np.flatnonzero(~np_mask(ok))
+    values = raw.take(pa.array(bad, pa.int64())).to_pylist()
+    for i, value in zip(bad.tolist(), values, strict=True):
+        if value is None or len(value) == 0:
+            details[i] = "hash: is missing"
+        elif isinstance(value, str):
+            other = next((f for f in rules.HASH_FORMAT_TABLE.values() if f.regex.match(value)), None)
+            details[i] = (
+                f"hash: is {other.name.removeprefix('sha256_')} text, but hash_format is "
+                f"{hashes.SHA256_BINARY} (raw 32-byte digests in a binary column); set hash_format='{other.name}'"
+                if other is not None
+                else f"hash: is not a SHA-256 digest in {hashes.SHA256_BINARY} (32 bytes in a binary "
+                f"column); got text of {len(value)} characters"
+            )
+        else:
+            details[i] = (
+                f"hash: is {len(value)} bytes, a SHA-256 digest is {hashes.DIGEST_SIZE}" + _text_hint(value)
+            )
+    return details
+
+
+def _text_hint(value: bytes) -> str:
+    """A hint when the bytes of a binary hash are a text format's hash (hex kept in a VARBINARY(64))."""
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    other = next((f for f in rules.HASH_FORMAT_TABLE.values() if f.regex.match(text)), None)
+    if other is None:
+        return ""
+    return (
+        f" (they are {other.name.removeprefix('sha256_')} text: read the column as text, "
+        f"with hash_format='{other.name}')"
+    )
 
 
 def _wrong_format(declared: rules.HashFormat, other: rules.HashFormat) -> str:
