@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,9 +27,10 @@ from airflow_provider_unkey.migration.engine import MigrationConfig, MigrationSu
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter, read_ledger
 from airflow_provider_unkey.migration.mapping import resolve_mapping
 from airflow_provider_unkey.migration.prepare import KeyPreparer
-from airflow_provider_unkey.migration.sources import ParquetSource
+from airflow_provider_unkey.migration.sources import ParquetSource, SqlSource
 from airflow_provider_unkey.testing import UnkeyEmulator
 from tests import databases
+from tests.databases import MySqlDatabase
 from tests.migration.test_engine import API, FAST, MIGRATION, ROOT
 
 postgres_dsn = databases.postgres_dsn
@@ -346,3 +348,45 @@ def test_run_from_parquet_with_a_ledger(
         ),
     )
     assert again.migrated == 0 and again.skipped == summary.migrated
+
+
+def test_run_from_postgres_bytea(
+    emu: UnkeyEmulator, client: UnkeyClient, algorithm: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    raw, names = source_rows(algorithm)
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("CREATE TABLE keys (id integer PRIMARY KEY, digest bytea, name text)")
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO keys VALUES (%s, %s, %s)", list(zip(range(len(raw)), raw, names, strict=True))
+            )
+    source = SqlSource(lambda: psycopg.connect(postgres_dsn), "SELECT * FROM keys ORDER BY id", batch_rows=8)
+    summary = run_migration(iter(source), client, config(algorithm), tmp_path)
+    assert source.schema is not None and source.schema.field("digest").type == pa.binary()
+    check_run(summary, emu, client, algorithm, raw)
+
+
+@pytest.mark.parametrize("driver", databases.MYSQL_DRIVERS)
+def test_run_from_mysql_binary_32(
+    emu: UnkeyEmulator,
+    client: UnkeyClient,
+    algorithm: str,
+    mysql_database: MySqlDatabase,
+    driver: str,
+    tmp_path: Path,
+) -> None:
+    # BINARY(32) pads a shorter value with zero bytes: row 5 is null instead (see source_rows).
+    raw, names = source_rows(algorithm, fixed=True)
+    conn = mysql_database.connect("pymysql", autocommit=True)
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE `keys` (id INT PRIMARY KEY, digest BINARY(32), name VARCHAR(64))")
+        cursor.executemany(
+            "INSERT INTO `keys` VALUES (%s, %s, %s)", list(zip(range(len(raw)), raw, names, strict=True))
+        )
+    conn.close()
+    source = SqlSource(
+        lambda: mysql_database.connect(driver), "SELECT * FROM `keys` ORDER BY id", batch_rows=8
+    )
+    summary = run_migration(iter(source), client, config(algorithm, hash_format="sha256_binary"), tmp_path)
+    assert source.schema is not None and pa.types.is_binary(source.schema.field("digest").type)
+    check_run(summary, emu, client, algorithm, raw)
