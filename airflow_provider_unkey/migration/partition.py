@@ -5,11 +5,12 @@ and storage URIs.
 
 * Parquet splits by row groups, read from the files' footers, balanced by row count:
   :func:`parquet_partitions`. Every partition names the source as given plus the row groups it reads:
-  ``{"parquet_path": <the source>, "parquet_row_groups": {<file>: [<row group>, ...]}}``. Keeping the
-  source (directory, glob or list) as it was keeps hive partition columns and the schema the same in
-  every partition.
+  ``{"parquet_path": <the source>, "partition": {"by": "row_groups", "row_groups": {<file>: [<row
+  group>, ...]}}}``. Keeping the source (directory, glob or list) as it was keeps hive partition
+  columns and the schema the same in every partition.
 * Parquet can also split by the first character of the hash (:func:`parquet_hash_partitions`): every
-  task reads the whole source and keeps its share, so duplicates across files meet in one partition.
+  task reads the whole source and keeps its share, so duplicates across files meet in one partition:
+  ``{"parquet_path": <the source>, "partition": {"by": "hash", "index": i, "count": n, ...}}``.
 * SQL splits by the first character of the hash column, so that equal hashes, and hence duplicates,
   always land in the same partition and deduplication stays complete: :func:`sql_partitions` returns
   ``{"sql": "SELECT * FROM (<sql>) AS unkey_src WHERE ..."}``.
@@ -30,15 +31,62 @@ from airflow_provider_unkey.migration.sources import ParquetSource
 
 #: The keys of a Parquet partition dict (the operator's arguments of the same names).
 PARQUET_PATH_KEY = "parquet_path"
-PARQUET_ROW_GROUPS_KEY = "parquet_row_groups"
-#: The key of a Parquet partition by hash (the operator's ``hash_partition``).
-HASH_PARTITION_KEY = "hash_partition"
+PARTITION_KEY = "partition"
 #: The key of an SQL partition dict.
 SQL_KEY = "sql"
 #: The alias of the wrapped query.
 SUBQUERY_ALIAS = "unkey_src"
 
 PartitionBy = Literal["auto", "files", "row_groups"]
+
+
+def check_partition(spec: Any) -> dict[str, Any] | None:
+    """``spec`` as the operator's ``partition`` argument, checked: what the helpers here produce.
+
+    ``{"by": "row_groups", "row_groups": {file: [index, ...]}}`` reads only those row groups;
+    ``{"by": "hash", "index": i, "count": n, "column": "hash", "hash_format": ...}`` keeps only the rows
+    whose hash falls in partition ``i`` of ``n`` (``column`` and ``hash_format`` may be left out: the
+    operator's ``column_mapping`` and ``hash_format`` then say).
+
+    :return: ``spec`` with its numbers as ``int``, or ``None`` for no partition.
+    :raises ValueError: naming what is wrong.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError(f"partition must be a dict from the partition helpers, got {type(spec).__name__}")
+    by = spec.get("by")
+    if by == "row_groups":
+        groups = spec.get("row_groups")
+        if set(spec) != {"by", "row_groups"} or not isinstance(groups, dict):
+            raise ValueError(
+                'partition by row_groups is {"by": "row_groups", "row_groups": {file: [index, ...]}},'
+                f" got {spec!r}"
+            )
+        for path, indexes in groups.items():
+            if not isinstance(indexes, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indexes
+            ):
+                raise ValueError(
+                    f"partition row_groups[{path!r}] must be a list of row group indexes, got {indexes!r}"
+                )
+        return spec
+    if by == "hash":
+        unknown = set(spec) - {"by", "index", "count", "column", "hash_format"}
+        if unknown or "index" not in spec or "count" not in spec:
+            raise ValueError(
+                'partition by hash is {"by": "hash", "index": i, "count": n[, "column": ...,'
+                f' "hash_format": ...]}}, got {spec!r}'
+            )
+        index, count = spec["index"], spec["count"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)) or not (
+            0 <= index < count
+        ):
+            raise ValueError(
+                f"partition by hash needs integers 0 <= index < count, got {index!r} of {count!r}"
+            )
+        return spec
+    raise ValueError(f"partition must say by 'row_groups' or by 'hash', got by={by!r}")
 
 
 def _balanced_files(units: list[tuple[str, int, int]], n: int) -> list[list[tuple[str, int, int]]]:
@@ -93,10 +141,11 @@ def parquet_partitions(
         ``row_groups`` may split a file between partitions, cutting between row groups (good with few
         large files); ``auto`` takes ``files`` when that is within 10% of an even split, else
         ``row_groups``.
-    :return: ``[{"parquet_path": ..., "parquet_row_groups": {file: [row group, ...]}}, ...]``; the
-        file keys are paths as :attr:`ParquetSource.files` lists them. Every row group of the source is
-        in exactly one partition; partitions that would be empty are left out. A source without rows
-        gives one partition that reads it all (``parquet_row_groups`` is ``None``).
+    :return: ``[{"parquet_path": ..., "partition": {"by": "row_groups", "row_groups": {file: [row
+        group, ...]}}}, ...]``; the file keys are paths as :attr:`ParquetSource.files` lists them.
+        Every row group of the source is in exactly one partition; partitions that would be empty are
+        left out. A source without rows gives one partition that reads it all (``partition`` is
+        ``None``).
     """
     if n < 1:
         raise ValueError(f"the number of partitions must be at least 1, got {n}")
@@ -111,7 +160,7 @@ def parquet_partitions(
         path_value = [os.fspath(p) for p in parquet_path]
     units = [u for u in source.row_group_rows() if u[2] > 0]
     if not units:
-        return [{PARQUET_PATH_KEY: path_value, PARQUET_ROW_GROUPS_KEY: None}]
+        return [{PARQUET_PATH_KEY: path_value, PARTITION_KEY: None}]
     total = sum(u[2] for u in units)
     if by == "row_groups":
         parts = _contiguous_row_groups(units, n)
@@ -127,7 +176,7 @@ def parquet_partitions(
         groups: dict[str, list[int]] = {}
         for path, index, _ in part:
             groups.setdefault(path, []).append(index)
-        out.append({PARQUET_PATH_KEY: path_value, PARQUET_ROW_GROUPS_KEY: groups})
+        out.append({PARQUET_PATH_KEY: path_value, PARTITION_KEY: {"by": "row_groups", "row_groups": groups}})
     return out
 
 
@@ -214,8 +263,8 @@ def parquet_hash_partitions(
     ``n`` times; in exchange, duplicates across files land in one partition and are caught as
     ``duplicate_in_source``, as with :func:`sql_partitions`.
 
-    :return: ``[{"parquet_path": ..., "hash_partition": {"index": i, "count": n, "column": ...,
-        "hash_format": ...}}, ...]``.
+    :return: ``[{"parquet_path": ..., "partition": {"by": "hash", "index": i, "count": n, "column":
+        ..., "hash_format": ...}}, ...]``.
     """
     chars, _ = first_characters(n, hash_format)
     path_value: str | list[str] = (
@@ -226,7 +275,8 @@ def parquet_hash_partitions(
     return [
         {
             PARQUET_PATH_KEY: path_value,
-            HASH_PARTITION_KEY: {
+            PARTITION_KEY: {
+                "by": "hash",
                 "index": i,
                 "count": len(chars),
                 "column": hash_column,

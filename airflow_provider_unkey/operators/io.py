@@ -78,13 +78,14 @@ def parquet_source(path_or_uri: PathLike | Sequence[PathLike], **kwargs: Any) ->
     return ParquetSource(paths, filesystem=filesystem, **kwargs)
 
 
-def sql_hook(conn_id: str) -> DbApiHook:
+def sql_hook(conn_id: str, hook_params: Mapping[str, Any] | None = None) -> DbApiHook:
     """The SQL hook of an Airflow connection.
 
+    :param hook_params: keyword arguments for the hook, as common-sql's operators take them.
     :raises TypeError: when the connection's hook is not a ``DbApiHook`` (not an SQL database).
     """
     connection = BaseHook.get_connection(conn_id)
-    hook = connection.get_hook()  # type: ignore[no-untyped-call]
+    hook = connection.get_hook(hook_params=dict(hook_params or {}))  # type: ignore[no-untyped-call]
     if not isinstance(hook, DbApiHook):
         raise TypeError(
             f"connection {conn_id!r} (type {connection.conn_type!r}) has the hook {type(hook).__name__}, "
@@ -116,6 +117,8 @@ def sql_source(
     sql: str,
     sql_conn_id: str,
     parameters: Sequence[Any] | Mapping[str, Any] | None = None,
+    *,
+    hook_params: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> SqlSource:
     """A :class:`~airflow_provider_unkey.migration.sources.SqlSource` on an Airflow SQL connection.
@@ -126,9 +129,10 @@ def sql_source(
     :param sql: the query.
     :param sql_conn_id: an Airflow connection to an SQL database.
     :param parameters: the query's parameters.
+    :param hook_params: keyword arguments for the connection's hook.
     :param kwargs: passed on: ``batch_rows``, ``server_side_cursor`` (default: by the hook's dialect).
     """
-    hook = sql_hook(sql_conn_id)
+    hook = sql_hook(sql_conn_id, hook_params)
     kwargs.setdefault("server_side_cursor", server_side_cursor_for(hook))
     return SqlSource(hook.get_conn, sql, parameters, **kwargs)
 
@@ -200,8 +204,8 @@ def parquet_partitions(
         :func:`~airflow_provider_unkey.migration.partition.parquet_hash_partitions`).
     :param hash_column: with ``by="hash"``: the column that holds the hash.
     :param hash_format: with ``by="hash"``: what that column holds.
-    :return: ``[{"parquet_path": ..., "parquet_row_groups": {...}}, ...]`` or, by hash,
-        ``[{"parquet_path": ..., "hash_partition": {...}}, ...]``.
+    :return: ``[{"parquet_path": ..., "partition": {"by": "row_groups", "row_groups": {...}}}, ...]``
+        or, by hash, ``[{"parquet_path": ..., "partition": {"by": "hash", "index": i, ...}}, ...]``.
     """
     given: str | list[str]
     if isinstance(path_or_uri, str | os.PathLike | ObjectStoragePath):
@@ -227,3 +231,69 @@ def sql_partitions(
     """
     dialect = _dialect(sql_hook(sql_conn_id))
     return partition.sql_partitions(sql, hash_column, n, hash_format=hash_format, dialect=dialect)
+
+
+#: Executors that run a task on the machine of the scheduler that queued it.
+_LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+#: Filesystem types that other machines see too: network filesystems, and FUSE mounts of object
+#: stores (s3fs, gcsfuse, juicefs, ...).
+_SHARED_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "ocfs2", "gfs2"}
+)
+
+
+def distributed_executor(task_executor: str | None = None) -> str | None:
+    """The executor's name when tasks run on workers that need not share a disk, else ``None``.
+
+    :param task_executor: the task's own ``executor``, if it sets one; else the first of
+        ``[core] executor``.
+    """
+    name = task_executor
+    if not name:
+        try:
+            from airflow.sdk.configuration import conf
+        except ImportError:  # Airflow before the task SDK kept its configuration
+            from airflow.configuration import conf
+        name = str(conf.get("core", "executor", fallback="") or "").split(",")[0].strip()
+    if not name:
+        return None
+    # "alias:module.Class", "module.Class" or "Class"
+    short = name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    return None if short in _LOCAL_EXECUTORS else short
+
+
+def worker_local_disk(path: PathLike, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """What local disk ``path`` is on, or ``None`` when other machines see it too.
+
+    Storage URIs other than ``file://`` are remote. A local path on a network filesystem (NFS, SMB,
+    CephFS, a FUSE mount of an object store, ...) is shared; any other local path is this machine's.
+
+    :return: e.g. ``"ext4 mounted at /"``, or ``None``.
+    """
+    text = _path_text(path)
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme != "file":
+        return None
+    local = Path(rest if sep else text).expanduser().absolute()
+    best: tuple[str, str] | None = None
+    try:
+        with open(mountinfo, encoding="utf-8") as lines:
+            for line in lines:
+                # "<id> <parent> <major:minor> <root> <mount point> <options> ... - <fstype> <source> ..."
+                left, _, right = line.partition(" - ")
+                fields, fs = left.split(), right.split()
+                if len(fields) < 5 or not fs:
+                    continue
+                point = fields[4].replace("\\040", " ")
+                if (local == Path(point) or Path(point) in local.parents) and (
+                    best is None or len(point) >= len(best[0])
+                ):
+                    best = (point, fs[0])
+    except OSError:
+        return "a local disk"
+    if best is None:
+        return "a local disk"
+    point, fstype = best
+    if fstype in _SHARED_FILESYSTEMS or fstype.startswith("fuse."):
+        return None
+    return f"{fstype} mounted at {point}"

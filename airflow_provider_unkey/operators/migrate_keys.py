@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
 import shutil
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from airflow.sdk import BaseOperator
+from airflow.sdk.definitions._internal.mixins import ResolveMixin
+from airflow.sdk.definitions.mappedoperator import OperatorPartial
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
@@ -28,9 +32,12 @@ from airflow_provider_unkey.migration.engine import (
 from airflow_provider_unkey.migration.hashes import wire_format
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter
 from airflow_provider_unkey.migration.outcomes import Reason
+from airflow_provider_unkey.migration.partition import check_partition
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.definitions._internal.expandinput import ExpandInput
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
 #: Stands in, when the DAG is parsed, for a templated argument that is not text yet (an XComArg): the
@@ -41,6 +48,87 @@ _RENDERED_LATER = "<rendered when the task runs>"
 def _text_or_later(value: object) -> object:
     """A templated argument as :class:`MigrationConfig` can check it at parse time."""
     return value if isinstance(value, str) else _RENDERED_LATER
+
+
+def _is_later(value: object) -> bool:
+    """Whether ``value`` is only known when the task runs (an ``XComArg``, a mapped argument)."""
+    return isinstance(value, ResolveMixin)
+
+
+#: Airflow's pool for tasks that name none: a task there takes one slot, as any other task does.
+_DEFAULT_POOL = "default_pool"
+
+
+def _in_a_pool(pool: object) -> bool:
+    """Whether the task names a pool of its own (then it takes ``max_concurrency`` slots of it)."""
+    return bool(pool) and pool != _DEFAULT_POOL
+
+
+def _check_arguments(args: Mapping[str, Any], *, parsing: bool = False, where: str = "") -> MigrationConfig:
+    """The operator's arguments, checked; the run's settings as :class:`MigrationConfig` checks them.
+
+    :param args: the arguments by ``__init__``'s names (a missing one takes its default).
+    :param parsing: the DAG is being parsed: templated fields may not be rendered, and any argument
+        may be an ``XComArg`` or a mapped value. Those stand in as placeholders, checked when the task
+        runs.
+    :param where: what to name in the error (a mapped task's ``expand_kwargs`` item).
+    :raises ValueError: naming the first argument that is not valid.
+    """
+    a = {**_ARGUMENT_DEFAULTS, **args}
+    if parsing:
+        # A value known only at run time is checked then; until then, the default stands in.
+        a = {k: (_ARGUMENT_DEFAULTS.get(k) if _is_later(v) else v) for k, v in a.items()}
+    try:
+        return _checked(a, args, parsing=parsing)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+
+
+def _checked(a: Mapping[str, Any], given: Mapping[str, Any], *, parsing: bool) -> MigrationConfig:
+    source_later = parsing and any(_is_later(given.get(k)) for k in ("parquet_path", "sql"))
+    if not source_later and (a["parquet_path"] is None) == (a["sql"] is None):
+        raise ValueError("give exactly one source: parquet_path, or sql with sql_conn_id")
+    if a["sql"] is not None and not a["sql_conn_id"]:
+        raise ValueError("sql needs sql_conn_id: the common-sql connection to run it on")
+    if a["partition"] is not None:
+        if a["sql"] is not None:
+            raise ValueError(
+                "partition splits a Parquet source; an SQL source is split into queries by"
+                " io.sql_partitions(), one `sql` per task"
+            )
+        check_partition(a["partition"])
+    if a["hook_params"] is not None and not isinstance(a["hook_params"], dict):
+        raise ValueError(f"hook_params must be a dict of the hook's arguments, got {a['hook_params']!r}")
+    for name in ("max_invalid_ratio", "max_failed_ratio"):
+        ratio = a[name]
+        if ratio is not None and not 0 <= ratio <= 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
+    if a["ledger_flush_interval"] <= 0 or a["on_kill_timeout"] < 0:
+        raise ValueError("ledger_flush_interval must be positive and on_kill_timeout not negative")
+    if bool(a["output_conn_id"]) != bool(a["output_table_prefix"]):
+        raise ValueError("output_conn_id and output_table_prefix go together")
+    migration_id, api_id, column_mapping = a["migration_id"], a["api_id"], a["column_mapping"]
+    if parsing:
+        migration_id, api_id = _text_or_later(migration_id), _text_or_later(api_id)
+        if isinstance(column_mapping, Mapping):
+            column_mapping = {field: _text_or_later(column) for field, column in column_mapping.items()}
+        else:
+            column_mapping = None
+    return MigrationConfig(
+        migration_id=migration_id,
+        api_id=api_id,
+        column_mapping=column_mapping,
+        hash_format=a["hash_format"],
+        algorithm=a["algorithm"],
+        list_delimiter=a["list_delimiter"],
+        batch_size=a["batch_size"],
+        max_request_bytes=a["max_request_bytes"],
+        max_concurrency=a["max_concurrency"],
+        adaptive=a["adaptive"],
+        dry_run=a["validate_only"],
+        progress_interval=a["progress_interval"],
+        list_skipped=a["list_skipped"],
+    )
 
 
 class MigrateKeysOperator(BaseOperator):
@@ -55,14 +143,17 @@ class MigrateKeysOperator(BaseOperator):
 
     :param parquet_path: a Parquet file, a directory (dataset), a glob, or a list of files; a local
         path or any ``ObjectStoragePath`` URI (``file://``, ``s3://conn_id@bucket/...``). Templated.
-    :param parquet_row_groups: read only these row groups (``{file: [indexes]}``), as produced by the
-        partition helper.
-    :param hash_partition: keep only the rows whose hash falls in this partition
-        (``{"index", "count", "column", "hash_format"}``), as ``parquet_partitions(..., by="hash")``
-        produces; other rows belong to other tasks and get no outcome here.
+    :param partition: the share of a Parquet source this task migrates, as the partition helper
+        (:func:`~airflow_provider_unkey.operators.io.parquet_partitions`) produces it for
+        ``.expand_kwargs``: ``{"by": "row_groups", "row_groups": {file: [index, ...]}}`` reads only
+        those row groups; ``{"by": "hash", "index": i, "count": n, ...}`` reads the whole source and
+        keeps the rows whose hash falls in partition ``i`` of ``n`` (other rows belong to other tasks
+        and get no outcome here).
     :param sql: a query (templated; a path ending in ``.sql`` is read as a template).
     :param sql_conn_id: the common-sql connection to run ``sql`` on.
-    :param sql_parameters: parameters for ``sql``.
+    :param parameters: parameters for ``sql``, as common-sql's operators take them. Templated.
+    :param hook_params: keyword arguments for the ``sql_conn_id`` connection's hook (as common-sql's
+        ``hook_params``), e.g. ``{"schema": "warehouse"}``.
 
     Mapping and formats:
 
@@ -88,10 +179,13 @@ class MigrateKeysOperator(BaseOperator):
         right number below it from the latency and errors of the answers (``adaptive``), and paces
         its requests to the workspace rate limit the answers state. With an Airflow ``pool``, the task
         takes ``max_concurrency`` slots (unless ``pool_slots`` is given), so the pool's size bounds the
-        concurrent requests of all tasks that share it, mapped ones included.
+        concurrent requests of all tasks that share it, mapped ones included. A task in a pool never
+        has more requests in flight than the slots it holds: with ``pool_slots`` below
+        ``max_concurrency``, ``pool_slots`` is the cap.
     :param adaptive: find the concurrency and the batch size as the run goes (the default); ``False``
         keeps exactly ``max_concurrency`` requests in flight and ``batch_size`` keys in each.
-    :param dry_run: read, validate, deduplicate and batch; report what would be sent; call nothing.
+    :param validate_only: read, validate, deduplicate and batch; report what would be sent
+        (``would_send``); call nothing. (``dry_run`` would clash with ``BaseOperator.dry_run()``.)
 
     Outputs:
 
@@ -131,7 +225,7 @@ class MigrateKeysOperator(BaseOperator):
         "api_id",
         "parquet_path",
         "sql",
-        "sql_parameters",
+        "parameters",
         "output_path",
         "ledger_path",
         "output_table_prefix",
@@ -148,11 +242,11 @@ class MigrateKeysOperator(BaseOperator):
         api_id: str,
         unkey_conn_id: str = UnkeyHook.default_conn_name,
         parquet_path: str | list[str] | None = None,
-        parquet_row_groups: dict[str, list[int]] | None = None,
-        hash_partition: dict[str, Any] | None = None,
+        partition: dict[str, Any] | None = None,
         sql: str | None = None,
         sql_conn_id: str | None = None,
-        sql_parameters: dict[str, Any] | Sequence[Any] | None = None,
+        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        hook_params: dict[str, Any] | None = None,
         column_mapping: dict[str, str] | None = None,
         hash_format: str = "sha256_base64",
         algorithm: str = "sha256",
@@ -169,35 +263,24 @@ class MigrateKeysOperator(BaseOperator):
         output_conn_id: str | None = None,
         output_table_prefix: str | None = None,
         xcom_max_rows: int = 10_000,
-        dry_run: bool = False,
+        validate_only: bool = False,
         max_invalid_ratio: float | None = None,
         max_failed_ratio: float | None = None,
         progress_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("pool") and "pool_slots" not in kwargs:
+        if _in_a_pool(kwargs.get("pool")) and "pool_slots" not in kwargs:
             kwargs["pool_slots"] = max_concurrency
         super().__init__(**kwargs)
-        if (parquet_path is None) == (sql is None):
-            raise ValueError("give exactly one source: parquet_path, or sql with sql_conn_id")
-        if sql is not None and not sql_conn_id:
-            raise ValueError("sql needs sql_conn_id: the common-sql connection to run it on")
-        for name, ratio in (("max_invalid_ratio", max_invalid_ratio), ("max_failed_ratio", max_failed_ratio)):
-            if ratio is not None and not 0 <= ratio <= 1:
-                raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
-        if ledger_flush_interval <= 0 or on_kill_timeout < 0:
-            raise ValueError("ledger_flush_interval must be positive and on_kill_timeout not negative")
-        if bool(output_conn_id) != bool(output_table_prefix):
-            raise ValueError("output_conn_id and output_table_prefix go together")
         self.migration_id = migration_id
         self.api_id = api_id
         self.unkey_conn_id = unkey_conn_id
         self.parquet_path = parquet_path
-        self.parquet_row_groups = parquet_row_groups
-        self.hash_partition = hash_partition
+        self.partition = partition
         self.sql = sql
         self.sql_conn_id = sql_conn_id
-        self.sql_parameters = sql_parameters
+        self.parameters = parameters
+        self.hook_params = hook_params
         self.column_mapping = column_mapping
         self.hash_format = hash_format
         self.algorithm = algorithm
@@ -215,71 +298,69 @@ class MigrateKeysOperator(BaseOperator):
         self.output_conn_id = output_conn_id
         self.output_table_prefix = output_table_prefix
         self.xcom_max_rows = xcom_max_rows
-        # BaseOperator already has a dry_run() method: keep the flag under another name.
-        self.send_nothing = dry_run
+        self.validate_only = validate_only
         self.max_invalid_ratio = max_invalid_ratio
         self.max_failed_ratio = max_failed_ratio
         self.progress_interval = progress_interval
-        # The run's settings are checked now, so that a bad one fails the DAG's parse; the templated
-        # ones are checked again once rendered, in execute.
-        self._migration_config(parsing=True)
+        # The arguments are checked now, so that a bad one fails the DAG's parse; the templated ones
+        # are checked again once rendered, in execute. Mapped tasks get the same checks in partial().
+        _check_arguments(self._arguments(), parsing=True)
 
-    def _migration_config(self, *, parsing: bool = False) -> MigrationConfig:
-        """The run's settings, checked by :class:`MigrationConfig`.
+    def _arguments(self) -> dict[str, Any]:
+        """This task's arguments, by the names ``__init__`` takes."""
+        return {name: getattr(self, name) for name in _ARGUMENT_DEFAULTS}
 
-        :param parsing: the DAG is being parsed and the templated fields are not rendered: a templated
-            ``migration_id`` or ``api_id`` that is not text yet, a ``column_mapping`` that is not a
-            mapping yet, or a column in it that is not text yet, stands in as a placeholder.
-        :raises ValueError: naming the first argument that is not valid.
+    @classmethod
+    def partial(cls, **kwargs: Any) -> OperatorPartial:  # type: ignore[override]
+        """``BaseOperator.partial``, plus what ``__init__`` does for an unmapped task.
+
+        ``partial()`` never runs ``__init__``, so its checks and its ``pool_slots`` rule are done here:
+        the arguments given to ``partial`` are checked at once, the literal ones given to
+        ``expand``/``expand_kwargs`` when they are, and a task in a pool takes ``max_concurrency``
+        slots (the largest of the mapped values, when ``max_concurrency`` is mapped).
         """
-        migration_id: Any = self.migration_id
-        api_id: Any = self.api_id
-        column_mapping: Any = self.column_mapping
-        if parsing:
-            migration_id, api_id = _text_or_later(migration_id), _text_or_later(api_id)
-            if isinstance(column_mapping, Mapping):
-                column_mapping = {field: _text_or_later(column) for field, column in column_mapping.items()}
-            else:
-                column_mapping = None
-        return MigrationConfig(
-            migration_id=migration_id,
-            api_id=api_id,
-            column_mapping=column_mapping,
-            hash_format=self.hash_format,
-            algorithm=self.algorithm,
-            list_delimiter=self.list_delimiter,
-            batch_size=self.batch_size,
-            max_request_bytes=self.max_request_bytes,
-            max_concurrency=self.max_concurrency,
-            adaptive=self.adaptive,
-            dry_run=self.send_nothing,
-            progress_interval=self.progress_interval,
-            list_skipped=self.list_skipped,
+        partial_op = super().partial(**kwargs)
+        mapped = _MigrateKeysPartial(
+            operator_class=partial_op.operator_class, kwargs=partial_op.kwargs, params=partial_op.params
         )
+        partial_op._expand_called = True  # replaced by `mapped`: no "never mapped" warning for it
+        mapped.pool_slots_given = "pool_slots" in kwargs or "pool_slots" in (
+            _default_args(kwargs, partial_op.kwargs.get("dag"))
+        )
+        try:
+            mapped.check(None)
+        except ValueError:
+            mapped._expand_called = True  # it fails here: no "never mapped" warning on top
+            raise
+        return mapped
 
     # --- pieces ----------------------------------------------------------------------------------------
-    def _source(self) -> tuple[Iterable[pa.RecordBatch], int | None]:
+    def _source(self, config: MigrationConfig) -> tuple[Iterable[pa.RecordBatch], int | None]:
         from airflow_provider_unkey.operators import io
 
         if self.parquet_path is not None:
-            source = io.parquet_source(self.parquet_path, row_groups=self.parquet_row_groups)
-            if self.hash_partition is not None:
-                return self._only_my_partition(source), None
+            spec = check_partition(self.partition)
+            if spec is not None and spec["by"] == "hash":
+                return self._only_my_partition(io.parquet_source(self.parquet_path), spec, config), None
+            row_groups = spec["row_groups"] if spec is not None else None
+            source = io.parquet_source(self.parquet_path, row_groups=row_groups)
             return source, source.count_rows()
         assert self.sql is not None and self.sql_conn_id is not None
-        return io.sql_source(self.sql, self.sql_conn_id, self.sql_parameters), None
+        return io.sql_source(self.sql, self.sql_conn_id, self.parameters, hook_params=self.hook_params), None
 
-    def _only_my_partition(self, source: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    @staticmethod
+    def _only_my_partition(
+        source: Iterable[pa.RecordBatch], spec: Mapping[str, Any], config: MigrationConfig
+    ) -> Iterator[pa.RecordBatch]:
         from airflow_provider_unkey.migration.partition import hash_partition_mask
 
-        assert self.hash_partition is not None
-        spec = self.hash_partition
-        column, index, count = spec.get("column", "hash"), int(spec["index"]), int(spec["count"])
-        hash_format = spec.get("hash_format", self.hash_format)
+        mapped = (config.column_mapping or {}).get("hash", "hash")
+        column, index, count = spec.get("column", mapped), int(spec["index"]), int(spec["count"])
+        hash_format = spec.get("hash_format", config.hash_format)
         for batch in source:
             if column not in batch.schema.names:
                 raise ValueError(
-                    f"hash_partition names the column {column!r}, which the source does not have"
+                    f"partition names the hash column {column!r}, which the source does not have"
                 )
             yield batch.filter(hash_partition_mask(batch.column(column), index, count, hash_format))
 
@@ -312,6 +393,53 @@ class MigrateKeysOperator(BaseOperator):
                 " reported unconfirmed if Unkey created them",
                 self.on_kill_timeout,
             )
+
+    def _within_pool_slots(self, config: MigrationConfig) -> MigrationConfig:
+        """``config`` with no more requests in flight than the pool slots this task holds.
+
+        A mapped task whose ``max_concurrency`` came from an ``XComArg`` holds the slots that were
+        known when the DAG was parsed; so does a task given ``pool_slots`` below ``max_concurrency``.
+        """
+        slots = int(getattr(self, "pool_slots", 1) or 1)
+        if not _in_a_pool(getattr(self, "pool", None)) or config.max_concurrency <= slots:
+            return config
+        self.log.info(
+            "max_concurrency=%d, but the task holds %d slots of pool %r: at most %d requests in flight",
+            config.max_concurrency,
+            slots,
+            self.pool,
+            slots,
+        )
+        return dataclasses.replace(config, max_concurrency=slots)
+
+    def _warn_if_worker_local(self, output_path: str, ledger_path: str) -> None:
+        """Warn when the outputs or the ledger would stay on this worker's disk under a remote executor.
+
+        The ids of the keys created are recorded nowhere else, and the ledger is what a retry on
+        another worker resumes from.
+        """
+        from airflow_provider_unkey.operators import io
+
+        executor = io.distributed_executor(getattr(self, "executor", None))
+        if executor is None:
+            return
+        for what, path, argument in (
+            ("outputs (the only record of the key ids Unkey created)", output_path, "output_path"),
+            ("ledger (what a retry on another worker resumes from)", ledger_path, "ledger_path"),
+        ):
+            disk = io.worker_local_disk(path)
+            if disk is not None:
+                self.log.warning(
+                    "The %s go to %s, on this worker's own disk (%s), under the %s: they are lost with"
+                    " the worker and invisible to the other workers. Set %s to shared storage (an"
+                    " ObjectStoragePath URI such as s3://conn_id@bucket/prefix, or a shared volume"
+                    " mounted on every worker). See docs/operator.md, 'Under a distributed executor'.",
+                    what,
+                    path,
+                    disk,
+                    executor,
+                    argument,
+                )
 
     def _default_output_path(self, context: Context) -> str:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
@@ -355,14 +483,15 @@ class MigrateKeysOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any] | None:
         from airflow_provider_unkey.operators import io
 
-        config = self._migration_config()  # the templated fields are rendered now
+        config = self._within_pool_slots(_check_arguments(self._arguments()))  # rendered by now
         output_path = self.output_path or self._default_output_path(context)
+        ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
+        self._warn_if_worker_local(output_path, ledger_path)
         client = None
         if not config.dry_run:
             client = UnkeyHook(self.unkey_conn_id, pool_size=config.max_concurrency).client
-        source, total = self._source()
+        source, total = self._source(config)
         scope = self._ledger_scope(context)
-        ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
         ledger_root, ledger_fs = io.ledger_location(ledger_path)
         known = KnownHashes.load(ledger_root, scope, wire_format(config.algorithm), filesystem=ledger_fs)
         ledger = None
@@ -500,3 +629,90 @@ class MigrateKeysOperator(BaseOperator):
                 "; ".join(problems)
                 + f". The outcomes are in {summary.outputs.get('failed', 'failed.parquet')}"
             )
+
+
+#: ``__init__``'s arguments and their defaults; the required ones stand in as not given yet.
+_ARGUMENT_DEFAULTS: dict[str, Any] = {
+    name: (_RENDERED_LATER if p.default is inspect.Parameter.empty else p.default)
+    for name, p in inspect.signature(MigrateKeysOperator.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
+
+
+def _default_args(kwargs: Mapping[str, Any], dag: Any) -> dict[str, Any]:
+    """The ``default_args`` that reach a ``partial()`` call: its own, then the DAG's."""
+    merged = dict(getattr(dag, "default_args", None) or {})
+    merged.update(kwargs.get("default_args") or {})
+    return merged
+
+
+class _MigrateKeysPartial(OperatorPartial):
+    """``MigrateKeysOperator.partial(...)``: checks what ``expand`` adds and sets the pool slots."""
+
+    pool_slots_given: bool = False
+
+    def check(self, expand_input: ExpandInput | None) -> None:
+        """Check the arguments as ``__init__`` would, for every mapped task whose arguments are known.
+
+        :raises ValueError: naming the argument, and the ``expand_kwargs`` item it came from.
+        """
+        known = {k: v for k, v in self.kwargs.items() if k in _ARGUMENT_DEFAULTS}
+        if expand_input is None:
+            # partial() alone: what expand adds is not known yet, so only the given arguments count.
+            mapped_later = {k: _ResolvedLater() for k in ("parquet_path", "sql") if k not in known}
+            _check_arguments({**known, **mapped_later}, parsing=True, where="MigrateKeysOperator.partial(): ")
+            return
+        items = _literal_items(expand_input)
+        if items is None:
+            return  # an XComArg: its values are checked when each task runs
+        concurrency = []
+        for n, item in enumerate(items):
+            _check_arguments({**known, **item}, parsing=True, where=f"expand item {n}: ")
+            value = item.get("max_concurrency", known.get("max_concurrency", DEFAULT_MAX_CONCURRENCY))
+            if isinstance(value, int):
+                concurrency.append(value)
+        if concurrency and "max_concurrency" not in known:
+            self._pool_slots(max(concurrency))
+
+    def _pool_slots(self, max_concurrency: int) -> None:
+        if _in_a_pool(self.kwargs.get("pool")) and not self.pool_slots_given:
+            self.kwargs["pool_slots"] = max_concurrency
+
+    def _expand(self, expand_input: ExpandInput, *, strict: bool) -> MappedOperator:
+        max_concurrency = self.kwargs.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)
+        if isinstance(max_concurrency, int):
+            self._pool_slots(max_concurrency)
+        self._expand_called = True
+        self.check(expand_input)
+        return super()._expand(expand_input, strict=strict)
+
+
+class _ResolvedLater(ResolveMixin):
+    """Stands in for an argument ``expand`` will give."""
+
+    def iter_references(self) -> Iterable[Any]:
+        return iter(())
+
+    def resolve(self, context: Any) -> Any:  # pragma: no cover - never resolved
+        raise NotImplementedError
+
+
+def _literal_items(expand_input: ExpandInput) -> list[dict[str, Any]] | None:
+    """Each mapped task's arguments, when ``expand``/``expand_kwargs`` were given literal values.
+
+    :return: ``None`` when any of them comes from an ``XComArg`` (known only when the tasks run).
+    """
+    value: Any = expand_input.value
+    if isinstance(value, Mapping):  # expand(name=[...], ...): the cross product
+        lists: dict[str, Any] = dict(value)
+        if any(_is_later(v) or not isinstance(v, Sequence) or isinstance(v, str) for v in lists.values()):
+            return None
+        items: list[dict[str, Any]] = [{}]
+        for name, values in lists.items():
+            items = [{**item, name: v} for item in items for v in values]
+        return items
+    if _is_later(value) or not isinstance(value, Sequence):
+        return None
+    if any(_is_later(item) for item in value):
+        return None
+    return [dict(item) for item in value]

@@ -93,7 +93,7 @@ parquet = scenario("unkey_t_parquet", parquet_path="{{ params.source }}")
 parquet_all_fields = scenario(
     "unkey_t_parquet_all_fields", parquet_path="{{ params.source }}", column_mapping=ALL_FIELDS
 )
-parquet_dry_run = scenario("unkey_t_parquet_dry_run", parquet_path="{{ params.source }}", dry_run=True)
+parquet_dry_run = scenario("unkey_t_parquet_dry_run", parquet_path="{{ params.source }}", validate_only=True)
 parquet_small_xcom = scenario(
     "unkey_t_parquet_small_xcom", parquet_path="{{ params.source }}", xcom_max_rows=3
 )

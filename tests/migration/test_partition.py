@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_unkey.migration.partition import (
+    check_partition,
+    parquet_hash_partitions,
     parquet_partitions,
     quote_identifier,
     sql_partitions,
@@ -60,7 +62,9 @@ def _read_partitions(partitions: list[dict[str, Any]]) -> list[pa.Table]:
     """Read every partition as a mapped task would: from the dict alone, after a trip through JSON."""
     tables = []
     for kwargs in json.loads(json.dumps(partitions)):  # XCom carries them as JSON
-        source = io.parquet_source(kwargs["parquet_path"], row_groups=kwargs["parquet_row_groups"])
+        spec = check_partition(kwargs["partition"])
+        row_groups = spec["row_groups"] if spec is not None else None
+        source = io.parquet_source(kwargs["parquet_path"], row_groups=row_groups)
         table = pa.Table.from_batches(list(source), schema=source.schema)
         assert source.count_rows() == table.num_rows
         tables.append(table)
@@ -73,7 +77,8 @@ def test_parquet_partitions_are_exactly_the_source(dataset: Path, by: Any, n: in
     uri = f"file://{dataset}"
     partitions = io.parquet_partitions(uri, n, by=by)
     assert 1 <= len(partitions) <= n
-    assert all(set(p) == {"parquet_path", "parquet_row_groups"} for p in partitions)
+    assert all(set(p) == {"parquet_path", "partition"} for p in partitions)
+    assert all(p["partition"]["by"] == "row_groups" for p in partitions)
     assert all(p["parquet_path"] == uri for p in partitions)
     tables = _read_partitions(partitions)
     ids = Counter(i for t in tables for i in t.column("id").to_pylist())
@@ -90,9 +95,9 @@ def test_parquet_partitions_are_exactly_the_source(dataset: Path, by: Any, n: in
         assert max(sizes) - ideal <= largest_group and ideal - min(sizes) <= largest_group
     if by == "files":
         assert max(sizes) <= TOTAL / min(n, 6) + largest_file  # greedy by size: at most one file over
-        assert len({p for part in partitions for p in part["parquet_row_groups"]}) == 6
+        assert len({p for part in partitions for p in part["partition"]["row_groups"]}) == 6
         for part in partitions:  # whole files only
-            for path, groups in part["parquet_row_groups"].items():
+            for path, groups in part["partition"]["row_groups"].items():
                 assert groups == list(range(pq.ParquetFile(path).num_row_groups))
 
 
@@ -101,7 +106,7 @@ def test_parquet_partitions_balance(dataset: Path) -> None:
     by_groups = [
         sum(
             pq.ParquetFile(p).metadata.row_group(g).num_rows
-            for p, gs in part["parquet_row_groups"].items()
+            for p, gs in part["partition"]["row_groups"].items()
             for g in gs
         )
         for part in parquet_partitions(source, 4, by="row_groups")
@@ -132,8 +137,40 @@ def test_parquet_partitions_of_a_glob_and_of_a_list(dataset: Path) -> None:
 def test_parquet_partitions_of_an_empty_source(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": pa.array([], pa.int64())}), tmp_path / "empty.parquet")
     partitions = io.parquet_partitions(tmp_path / "empty.parquet", 4)
-    assert partitions == [{"parquet_path": str(tmp_path / "empty.parquet"), "parquet_row_groups": None}]
+    assert partitions == [{"parquet_path": str(tmp_path / "empty.parquet"), "partition": None}]
     assert _read_partitions(partitions)[0].num_rows == 0
+
+
+def test_hash_partitions_name_their_share() -> None:
+    partitions = parquet_hash_partitions(
+        "keys/*.parquet", 3, hash_column="key_hash", hash_format="sha256_hex"
+    )
+    assert [p["partition"] for p in partitions] == [
+        {"by": "hash", "index": i, "count": 3, "column": "key_hash", "hash_format": "sha256_hex"}
+        for i in range(3)
+    ]
+    assert all(check_partition(p["partition"]) == p["partition"] for p in partitions)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ([1], "partition must be a dict"),
+        ({"row_groups": {}}, "by 'row_groups' or by 'hash', got by=None"),
+        ({"by": "row_groups"}, '"row_groups": {file: [index, ...]}}, got'),
+        (
+            {"by": "row_groups", "row_groups": {"a.parquet": [0, -1]}},
+            "row_groups['a.parquet'] must be a list",
+        ),
+        ({"by": "hash", "index": 0}, '{"by": "hash", "index": i, "count": n'),
+        ({"by": "hash", "index": 3, "count": 3}, "0 <= index < count, got 3 of 3"),
+        ({"by": "hash", "index": 0, "count": 2, "columns": "h"}, "got {"),
+    ],
+)
+def test_a_malformed_partition_is_named(spec: Any, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_partition(spec)
+    assert message in str(info.value)
 
 
 # --- SQL ----------------------------------------------------------------------------------------------
