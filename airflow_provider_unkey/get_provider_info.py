@@ -29,7 +29,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Unkey",
-                "python-modules": ["airflow_provider_unkey.operators.migrate_keys"],
+                "python-modules": [
+                    "airflow_provider_unkey.operators.migrate_keys",
+                    "airflow_provider_unkey.operators.verify_keys",
+                ],
             },
         ],
         "connection-types": [
