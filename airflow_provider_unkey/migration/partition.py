@@ -14,6 +14,8 @@ and storage URIs.
 * SQL splits by the first character of the hash column, so that equal hashes, and hence duplicates,
   always land in the same partition and deduplication stays complete: :func:`sql_partitions` returns
   ``{"sql": "SELECT * FROM (<sql>) AS unkey_src WHERE ..."}``.
+
+A binary hash column (raw digests, ``hash_format="sha256_binary"``) splits by its first byte instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from airflow_provider_unkey.migration.hashes import SHA256_BINARY, column_format
 from airflow_provider_unkey.migration.sources import ParquetSource
 
 #: The keys of a Parquet partition dict (the operator's arguments of the same names).
@@ -192,10 +195,13 @@ _HEX_GROUPS: tuple[tuple[str, ...], ...] = (
     *((digit,) for digit in string.digits),
     *((lower, lower.upper()) for lower in "abcdef"),
 )
+#: A raw digest's first byte, as two uppercase hex digits (as SQL's ``HEX()`` writes it): 256 groups.
+_BYTE_GROUPS: tuple[tuple[str, ...], ...] = tuple((f"{b:02X}",) for b in range(256))
 #: hash format -> (groups of first characters, whether the format tells cases apart).
 HASH_FIRST_CHARACTERS: dict[str, tuple[tuple[tuple[str, ...], ...], bool]] = {
     "sha256_base64": (_BASE64_GROUPS, True),
     "sha256_hex": (_HEX_GROUPS, False),
+    SHA256_BINARY: (_BYTE_GROUPS, True),
 }
 
 
@@ -207,7 +213,8 @@ def first_characters(n: int, hash_format: str) -> tuple[list[list[str]], list[st
     give the same answer, so a partition can be rebuilt from its index.
 
     :return: each partition's characters, and every character of the alphabet (a hash starting with
-        none of them, or no hash at all, belongs to the last partition).
+        none of them, or no hash at all, belongs to the last partition). For ``sha256_binary`` a
+        "character" is the first byte in two uppercase hex digits (``"00"`` ... ``"FF"``).
     """
     if n < 1:
         raise ValueError(f"the number of partitions must be at least 1, got {n}")
@@ -236,17 +243,34 @@ def hash_partition_mask(hashes: pa.Array, index: int, count: int, hash_format: s
     Equal hashes always fall in the same partition, so deduplication inside each partition is
     deduplication across the whole source. Nulls, empty hashes and hashes starting with a character
     outside the alphabet belong to the last partition, so every row is in exactly one.
+
+    A binary column (read as raw digests whatever ``hash_format`` says, as the preparer reads it) and
+    any column under ``sha256_binary`` are dealt by their first byte, into ``count`` partitions: the
+    count that ``hash_format``'s alphabet gave (at most 38 for base64, 16 for hex) stays the count.
     """
-    chars, every = first_characters(count, hash_format)
+    value_type = hashes.type.value_type if pa.types.is_dictionary(hashes.type) else hashes.type
+    binary = column_format(value_type, hash_format) == SHA256_BINARY
+    chars, every = first_characters(count, SHA256_BINARY if binary else hash_format)
     if not 0 <= index < len(chars):
         raise ValueError(f"partition index {index} is outside 0..{len(chars) - 1}")
     if pa.types.is_dictionary(hashes.type):
         hashes = hashes.dictionary_decode()
-    first = pc.utf8_slice_codeunits(hashes, 0, 1)
-    mine = pc.fill_null(pc.is_in(first, value_set=pa.array(chars[index], pa.string())), False)
+    if binary:
+        # One binary layout for every type (slicing takes no views); text declared binary by its UTF-8.
+        first = pc.binary_slice(hashes.cast(pa.large_binary()), 0, 1)
+
+        def value_set(group: list[str]) -> pa.Array:
+            return pa.array([bytes.fromhex(c) for c in group], pa.large_binary())
+    else:
+        first = pc.utf8_slice_codeunits(hashes, 0, 1)
+
+        def value_set(group: list[str]) -> pa.Array:
+            return pa.array(group, pa.string())
+
+    mine = pc.fill_null(pc.is_in(first, value_set=value_set(chars[index])), False)
     if index < len(chars) - 1:
         return mine
-    known = pc.fill_null(pc.is_in(first, value_set=pa.array(every, pa.string())), False)
+    known = pc.fill_null(pc.is_in(first, value_set=value_set(every)), False)
     return pc.or_(mine, pc.invert(known))
 
 
@@ -304,6 +328,29 @@ def _literals(chars: Sequence[str]) -> str:
     return ", ".join(f"'{c}'" for c in chars)
 
 
+#: Binary hash columns: the dialects whose first byte in hex :func:`_first_byte_hex` can write.
+BINARY_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
+
+
+def _first_byte_hex(column: str, dialect: str | None) -> str:
+    """An SQL expression for the first byte of a binary ``column`` as two uppercase hex digits
+    (``''`` for an empty value, NULL for NULL), in ``dialect``.
+
+    :raises ValueError: for a dialect without one here (SQL has no portable way to read a byte).
+    """
+    name = (dialect or "").lower()
+    if name.startswith("postgres"):
+        return f"UPPER(ENCODE(SUBSTRING({column} FROM 1 FOR 1), 'hex'))"
+    if name in ("mysql", "mariadb"):
+        return f"HEX(SUBSTRING({column}, 1, 1))"
+    if name == "sqlite":
+        return f"HEX(SUBSTR({column}, 1, 1))"
+    raise ValueError(
+        f"partitions of a binary hash column (hash_format='{SHA256_BINARY}') need the SQL dialect, one of "
+        f"{', '.join(BINARY_DIALECTS[:-1])} or {BINARY_DIALECTS[-1]}; got {dialect!r}"
+    )
+
+
 def sql_partitions(
     sql: str,
     hash_column: str,
@@ -324,12 +371,21 @@ def sql_partitions(
     There are at most 38 groups for ``sha256_base64`` and 16 for ``sha256_hex``: a larger ``n`` gives
     that many partitions.
 
+    A binary column (``BYTEA``, ``BINARY(32)``, a BLOB: ``hash_format="sha256_binary"``) is split by its
+    first byte, written as hex by the dialect's functions (PostgreSQL
+    ``UPPER(ENCODE(SUBSTRING(h FROM 1 FOR 1), 'hex'))``, MySQL/MariaDB ``HEX(SUBSTRING(h, 1, 1))``,
+    SQLite ``HEX(SUBSTR(h, 1, 1))``), into at most 256 partitions. A text format's first character on
+    a binary column would still give every row exactly once, but nearly all in the last partition.
+
     :param sql: the source query (its parameters, if any, stay as they are).
     :param hash_column: the name of the column that holds the hash, as the query returns it.
     :param n: how many partitions at most.
-    :param hash_format: ``sha256_base64`` or ``sha256_hex``.
-    :param dialect: the database's SQL dialect (``postgresql``, ``mysql``, ``sqlite``, ...), for quoting.
+    :param hash_format: ``sha256_base64``, ``sha256_hex`` or ``sha256_binary``.
+    :param dialect: the database's SQL dialect (``postgresql``, ``mysql``, ``sqlite``, ...), for quoting;
+        with ``sha256_binary``, one of :data:`BINARY_DIALECTS`.
     :return: ``[{"sql": ...}, ...]``.
+    :raises ValueError: for ``n`` below 1, an empty query, an unknown ``hash_format``, or a binary
+        column in a dialect not in :data:`BINARY_DIALECTS`.
     """
     if n < 1:
         raise ValueError(f"the number of partitions must be at least 1, got {n}")
@@ -337,8 +393,8 @@ def sql_partitions(
     if not inner:
         raise ValueError("the query is empty")
     column = quote_identifier(hash_column, dialect)
-    first = f"SUBSTR({column}, 1, 1)"
     chars, every = first_characters(n, hash_format)
+    first = _first_byte_hex(column, dialect) if hash_format == SHA256_BINARY else f"SUBSTR({column}, 1, 1)"
     n = len(chars)
     out = []
     for i, mine in enumerate(chars):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator, Sequence
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,23 @@ from airflow_provider_unkey.migration import hashes
 from airflow_provider_unkey.migration.engine import MigrationConfig, MigrationSummary, run_migration
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter, read_ledger
 from airflow_provider_unkey.migration.mapping import resolve_mapping
+from airflow_provider_unkey.migration.partition import (
+    first_characters,
+    hash_partition_mask,
+    parquet_hash_partitions,
+    sql_partitions,
+)
 from airflow_provider_unkey.migration.prepare import KeyPreparer
 from airflow_provider_unkey.migration.sources import ParquetSource, SqlSource
+from airflow_provider_unkey.operators import io
 from airflow_provider_unkey.testing import UnkeyEmulator
 from tests import databases
-from tests.databases import MySqlDatabase
+from tests.databases import MySqlDatabase, register_connection
 from tests.migration.test_engine import API, FAST, MIGRATION, ROOT
 
 postgres_dsn = databases.postgres_dsn
 mysql_database = databases.mysql_database
+sqlite_path = databases.sqlite_path
 
 BINARY_TYPES = [pa.binary(), pa.large_binary(), pa.binary_view(), pa.binary(32)]
 TRY1 = LedgerScope("dag", "run_1", "migrate", -1, 1)
@@ -350,6 +360,7 @@ def test_run_from_parquet_with_a_ledger(
     assert again.migrated == 0 and again.skipped == summary.migrated
 
 
+@pytest.mark.postgres
 def test_run_from_postgres_bytea(
     emu: UnkeyEmulator, client: UnkeyClient, algorithm: str, postgres_dsn: str, tmp_path: Path
 ) -> None:
@@ -366,6 +377,7 @@ def test_run_from_postgres_bytea(
     check_run(summary, emu, client, algorithm, raw)
 
 
+@pytest.mark.mysql
 @pytest.mark.parametrize("driver", databases.MYSQL_DRIVERS)
 def test_run_from_mysql_binary_32(
     emu: UnkeyEmulator,
@@ -390,3 +402,172 @@ def test_run_from_mysql_binary_32(
     summary = run_migration(iter(source), client, config(algorithm, hash_format="sha256_binary"), tmp_path)
     assert source.schema is not None and pa.types.is_binary(source.schema.field("digest").type)
     check_run(summary, emu, client, algorithm, raw)
+
+
+# --- partitions by hash --------------------------------------------------------------------------------
+#: Digests with every first byte, repeats (which must meet their first), and rows of no digest.
+PART_DIGESTS: list[bytes | None] = [hashlib.sha256(str(i).encode()).digest() for i in range(1200)]
+PART_DIGESTS += [bytes([b]) + b"\x00" * 31 for b in range(256)]
+PART_DIGESTS += PART_DIGESTS[:300:7]
+PART_DIGESTS += [None, b"", b"\x00", b"\xff" * 5]
+
+
+def check_partitions(owners: dict[int, list[int]], values: Sequence[bytes | None], count: int) -> None:
+    """Every row in exactly one of ``count`` partitions; equal values in one; balanced for few partitions."""
+    assert sorted(owners) == list(range(len(values)))
+    assert all(len(o) == 1 for o in owners.values()), "every row in exactly one partition"
+    where: dict[bytes, int] = {}
+    for row, (k,) in owners.items():
+        value = values[row]
+        if value is not None:
+            assert where.setdefault(value, k) == k, f"{value.hex()} in partitions {where[value]} and {k}"
+    assert owners[values.index(None)] == [count - 1]  # no digest: the last partition
+    sizes = Counter(k for (k,) in owners.values())
+    assert set(sizes) == set(range(count)), "no partition is empty"
+    if count <= 5:
+        ideal = len(values) / count
+        assert max(sizes.values()) < 1.3 * ideal and min(sizes.values()) > 0.7 * ideal, sizes
+
+
+@pytest.mark.parametrize("type_", BINARY_TYPES[:3], ids=str)
+@pytest.mark.parametrize("hash_format", ["sha256_binary", "sha256_base64", "sha256_hex"])
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 38, 300])
+def test_hash_partition_masks_of_a_binary_column(type_: pa.DataType, hash_format: str, n: int) -> None:
+    """Dealt by the first byte whatever hash_format says; its partition count comes from hash_format."""
+    count = len(first_characters(n, hash_format)[0])
+    column = binary_array(PART_DIGESTS, type_)
+    masks = [np.asarray(hash_partition_mask(column, i, count, hash_format)) for i in range(count)]
+    owners = {row: [i for i in range(count) if masks[i][row]] for row in range(len(PART_DIGESTS))}
+    check_partitions(owners, PART_DIGESTS, count)
+    # The same digests in a fixed_size_binary(32) or dictionary column fall in the same partitions.
+    digests_only = [(row, v) for row, v in enumerate(PART_DIGESTS) if v is not None and len(v) == 32]
+    fixed = pa.array([v for _, v in digests_only], pa.binary(32))
+    encoded = fixed.cast(pa.binary()).dictionary_encode()
+    for other in (fixed, encoded):
+        for i in range(count):
+            got = np.asarray(hash_partition_mask(other, i, count, hash_format))
+            assert got.tolist() == [bool(masks[i][row]) for row, _ in digests_only]
+
+
+def test_first_bytes_are_dealt_as_uppercase_hex() -> None:
+    chars, every = first_characters(3, "sha256_binary")
+    assert every == [f"{b:02X}" for b in range(256)]
+    assert sorted(c for part in chars for c in part) == every
+    assert sorted(len(part) for part in chars) == [85, 85, 86]
+    assert len(first_characters(1000, "sha256_binary")[0]) == 256
+
+
+def test_a_text_column_declared_binary_is_partitioned_by_its_first_byte() -> None:
+    values = [wire(d) for d in DIGESTS] + [DIGESTS[0].hex(), None, "", wire(DIGESTS[0])]
+    column = pa.array(values)
+    count = len(first_characters(4, "sha256_binary")[0])
+    masks = [hash_partition_mask(column, i, count, "sha256_binary").to_pylist() for i in range(count)]
+    owners = [[i for i in range(count) if masks[i][row]] for row in range(len(values))]
+    assert all(len(o) == 1 for o in owners)
+    assert owners[-1] == owners[0] and owners[-3] == owners[-2] == [count - 1]
+
+
+def test_parquet_hash_partitions_of_a_binary_column(tmp_path: Path) -> None:
+    """As mapped tasks read them: the whole file each, filtered by the partition's mask."""
+    pq.write_table(
+        pa.table({"id": range(len(PART_DIGESTS)), "digest": pa.array(PART_DIGESTS, pa.binary())}),
+        tmp_path / "keys.parquet",
+        row_group_size=200,
+    )
+    partitions = parquet_hash_partitions(
+        tmp_path / "keys.parquet", 4, hash_column="digest", hash_format="sha256_binary"
+    )
+    assert len(partitions) == 4
+    owners: dict[int, list[int]] = {}
+    for k, part in enumerate(partitions):
+        spec = part["partition"]
+        assert (spec["index"], spec["count"], spec["hash_format"]) == (k, 4, "sha256_binary")
+        for batch in ParquetSource(part["parquet_path"], batch_rows=300):
+            mine = batch.filter(hash_partition_mask(batch.column("digest"), k, 4, spec["hash_format"]))
+            for row in mine.column("id").to_pylist():
+                owners.setdefault(row, []).append(k)
+    check_partitions(owners, PART_DIGESTS, 4)
+
+
+def test_sql_partitions_of_a_binary_column_by_dialect() -> None:
+    expressions = {
+        "postgresql": "UPPER(ENCODE(SUBSTRING(\"d\" FROM 1 FOR 1), 'hex'))",
+        "postgres": "UPPER(ENCODE(SUBSTRING(\"d\" FROM 1 FOR 1), 'hex'))",
+        "mysql": "HEX(SUBSTRING(`d`, 1, 1))",
+        "mariadb": "HEX(SUBSTRING(`d`, 1, 1))",
+        "sqlite": 'HEX(SUBSTR("d", 1, 1))',
+    }
+    for dialect, first in expressions.items():
+        parts = sql_partitions("SELECT * FROM t", "d", 2, hash_format="sha256_binary", dialect=dialect)
+        assert len(parts) == 2
+        assert parts[0]["sql"].startswith(f"SELECT * FROM (SELECT * FROM t) AS unkey_src WHERE {first} IN ('")
+        assert f" OR {first} NOT IN (" in parts[1]["sql"]
+    for unsupported in (None, "mssql", "snowflake"):
+        with pytest.raises(ValueError, match=r"binary hash column .* postgresql, mysql, mariadb or sqlite"):
+            sql_partitions("SELECT * FROM t", "d", 2, hash_format="sha256_binary", dialect=unsupported)
+
+
+def sql_owners(partitions: list[dict[str, str]], run: Callable[[str], list[int]]) -> dict[int, list[int]]:
+    owners: dict[int, list[int]] = {}
+    for k, part in enumerate(partitions):
+        for row in run(part["sql"]):
+            owners.setdefault(row, []).append(k)
+    return owners
+
+
+def sql_ids(connect: Callable[[], Any]) -> Callable[[str], list[int]]:
+    def run(sql: str) -> list[int]:
+        return [
+            row for batch in SqlSource(connect, sql, batch_rows=500) for row in batch.column("id").to_pylist()
+        ]
+
+    return run
+
+
+@pytest.mark.parametrize("n", [1, 3, 256])
+def test_sql_partitions_of_a_sqlite_blob(sqlite_path: Path, n: int) -> None:
+    conn = sqlite3.connect(sqlite_path)
+    conn.execute("CREATE TABLE keys (id INTEGER, digest BLOB)")
+    conn.executemany("INSERT INTO keys VALUES (?, ?)", list(enumerate(PART_DIGESTS)))
+    conn.commit()
+    conn.close()
+    partitions = sql_partitions(
+        "SELECT id, digest FROM keys", "digest", n, hash_format="sha256_binary", dialect="sqlite"
+    )
+    assert len(partitions) == n
+    check_partitions(sql_owners(partitions, sql_ids(lambda: sqlite3.connect(sqlite_path))), PART_DIGESTS, n)
+
+
+@pytest.mark.postgres
+def test_sql_partitions_of_a_postgres_bytea(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with psycopg.connect(postgres_dsn) as conn, conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE keys (id integer, digest bytea)")
+        cursor.executemany("INSERT INTO keys VALUES (%s, %s)", list(enumerate(PART_DIGESTS)))
+    run = sql_ids(lambda: psycopg.connect(postgres_dsn))
+    for n in (1, 4, 256):
+        partitions = sql_partitions(
+            "SELECT id, digest FROM keys", "digest", n, hash_format="sha256_binary", dialect="postgresql"
+        )
+        check_partitions(sql_owners(partitions, run), PART_DIGESTS, n)
+    # Through an Airflow connection, whose hook names the dialect.
+    conn_id = register_connection(monkeypatch, "unkey_binary_pg", postgres_dsn)
+    partitions = io.sql_partitions(
+        "SELECT id, digest FROM keys", conn_id, "digest", 3, hash_format="sha256_binary"
+    )
+    assert "ENCODE(SUBSTRING" in partitions[0]["sql"]
+    check_partitions(sql_owners(partitions, run), PART_DIGESTS, 3)
+
+
+@pytest.mark.mysql
+def test_sql_partitions_of_a_mysql_varbinary(mysql_database: MySqlDatabase) -> None:
+    conn = mysql_database.connect("pymysql", autocommit=True)
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE `keys` (id INT, digest VARBINARY(32))")
+        cursor.executemany("INSERT INTO `keys` VALUES (%s, %s)", list(enumerate(PART_DIGESTS)))
+    conn.close()
+    run = sql_ids(lambda: mysql_database.connect("mysql-connector-python"))
+    for n in (1, 5, 256):
+        partitions = sql_partitions(
+            "SELECT id, digest FROM `keys`", "digest", n, hash_format="sha256_binary", dialect="mysql"
+        )
+        check_partitions(sql_owners(partitions, run), PART_DIGESTS, n)
