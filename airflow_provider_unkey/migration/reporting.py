@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter
+from airflow_provider_unkey.migration.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class Progress:
         total: int | None,
         interval: float = 5.0,
         emit: Callable[[str], None] | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         self.writer = writer
         self.total = total
@@ -34,9 +36,14 @@ class Progress:
         self._last = self.started
         #: Appended to each line: the engine's throughput controls (concurrency, batch size, pace).
         self.detail: Callable[[], str] | None = None
+        #: The controls as numbers (``in_flight``, ``limit``, ``batch_size``), for the timeline.
+        self.state: Callable[[], dict[str, int]] | None = None
+        #: The run over time, for the report (bounded however long the run).
+        self.timeline = timeline if timeline is not None else Timeline()
 
     def maybe_log(self, force: bool = False) -> None:
         now = time.monotonic()
+        self.timeline.maybe_sample(now - self.started, self.writer.total, self.state, force=force)
         if not force and now - self._last < self.interval:
             return
         self._last = now

@@ -28,6 +28,7 @@ from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Sta
 from airflow_provider_unkey.migration.prepare import KeyPreparer, PreparedRows, resolve_mapping
 from airflow_provider_unkey.migration.reporting import MigrationSummary, Progress
 from airflow_provider_unkey.migration.sending import MigrationEngine
+from airflow_provider_unkey.migration.timeline import Timeline
 
 
 class InvariantError(UnkeyError):
@@ -111,6 +112,7 @@ def run_migration(
     ledger: LedgerWriter | None = None,
     known: KnownHashes | None = None,
     control: RunControl | None = None,
+    timeline: Timeline | None = None,
 ) -> MigrationSummary:
     """Migrate every row of ``source``; write ``migrated.parquet`` and ``failed.parquet`` to ``output_dir``.
 
@@ -127,6 +129,7 @@ def run_migration(
         of this task instance recorded as existing get that outcome again; hashes other runs recorded
         as existing are skipped. Invalid and duplicate rows are judged afresh either way.
     :param control: lets another thread stop the run (:meth:`RunControl.stop`).
+    :param timeline: filled with samples of the run's progress and controls, for the report.
     :raises MigrationAborted: on 401, 403 or 404, after the outputs are written.
     :raises InvariantError: if rows and outcomes do not reconcile.
     :raises ValueError: if there is no client and ``config.dry_run`` is not set.
@@ -139,7 +142,7 @@ def run_migration(
     dedupe = DigestSet()
     batcher = Batcher(config.migration_id, config.api_id, config.batch_size, config.max_request_bytes)
     state: dict[str, Any] = {"rows": 0, "prepare": 0.0, "preparer": None, "would_send": 0, "batches": 0}
-    progress = Progress(writer, total_rows, config.progress_interval, emit)
+    progress = Progress(writer, total_rows, config.progress_interval, emit, timeline)
     control = control or RunControl()
     control.ledger = ledger
     abort = control.stop_event

@@ -202,6 +202,14 @@ class MigrationEngine:
             parts.append(f"paced to {rate:.1f} req/s by the rate limit")
         return ", ".join(parts)
 
+    def state(self) -> dict[str, int]:
+        """The throughput controls as numbers, for the report's timeline."""
+        return {
+            "in_flight": self._in_flight,
+            "limit": self.concurrency(),
+            "batch_size": self.batcher.batch_size,
+        }
+
     def throttle_summary(self) -> dict[str, float | int]:
         """What the throughput controls ended at, for the summary."""
         return {
@@ -402,6 +410,7 @@ class MigrationEngine:
         self.client.observers.append(self._observe)
         if self.progress is not None:
             self.progress.detail = self.describe
+            self.progress.state = self.state
 
         def room() -> int:
             # Twice the concurrency: while the main thread prepares the next record batch, workers

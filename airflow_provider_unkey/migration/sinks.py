@@ -27,7 +27,14 @@ from airflow_provider_unkey.migration.sources import driver_family
 log = logging.getLogger(__name__)
 
 #: The files a run writes, by outcome (``skipped`` only when asked for).
-OUTPUT_FILES = {"migrated": "migrated.parquet", "failed": "failed.parquet", "skipped": "skipped.parquet"}
+OUTPUT_FILES = {
+    "migrated": "migrated.parquet",
+    "failed": "failed.parquet",
+    "skipped": "skipped.parquet",
+    # The report (migration/report.py), when one was written.
+    "report": "report.md",
+    "plot": "throughput.png",
+}
 _REQUIRED_OUTPUTS = ("migrated", "failed")
 
 

@@ -33,6 +33,8 @@ from airflow_provider_unkey.migration.hashes import wire_format
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter
 from airflow_provider_unkey.migration.outcomes import Reason
 from airflow_provider_unkey.migration.partition import check_partition
+from airflow_provider_unkey.migration.report import write_report
+from airflow_provider_unkey.migration.timeline import Timeline
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -521,6 +523,7 @@ class MigrateKeysOperator(BaseOperator):
             known.others_count,
         )
         aborted: MigrationAborted | None = None
+        timeline = Timeline()
         self._control = control = RunControl()
         try:
             try:
@@ -534,6 +537,7 @@ class MigrateKeysOperator(BaseOperator):
                     ledger=ledger,
                     known=known,
                     control=control,
+                    timeline=timeline,
                 )
             except MigrationAborted as exc:
                 if exc.summary is None:
@@ -546,8 +550,11 @@ class MigrateKeysOperator(BaseOperator):
                 raise
             finally:
                 known.close()  # the index's spill files, if it had to spill
+            self._write_report(work_dir, summary, timeline, config, context, output_path, str(ledger_path))
             outputs = io.upload_outputs(work_dir, output_path)
             summary.outputs = {**outputs, "ledger": str(ledger_path)}
+            if "report" in outputs:
+                self.log.info("The migration report: %s", outputs["report"])
             if self.output_conn_id and self.output_table_prefix:
                 # One key per try: a retry's rows go beside the earlier try's, which may hold key ids
                 # that Unkey will not return again (it answers those hashes as already existing).
@@ -596,6 +603,40 @@ class MigrateKeysOperator(BaseOperator):
         self._check_ratios(summary, context, result)
         # The task runner pushes the return value only when do_xcom_push is on.
         return result if self.do_xcom_push else None
+
+    def _write_report(
+        self,
+        work_dir: Path,
+        summary: MigrationSummary,
+        timeline: Timeline,
+        config: MigrationConfig,
+        context: Context,
+        output_path: str,
+        ledger_path: str,
+    ) -> None:
+        """Write ``report.md`` (and its plot) beside the outputs; a report that fails loses nothing."""
+        from airflow_provider_unkey.operators import io
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        task = self.task_id if map_index is None or map_index < 0 else f"{self.task_id}[{map_index}]"
+        source = self.parquet_path if self.parquet_path is not None else f"SQL on {self.sql_conn_id}"
+        facts = {
+            "task": f"{self.dag_id} / {context['run_id']} / {task}, try {getattr(ti, 'try_number', 1)}",
+            "migration": f"{config.migration_id} ({config.algorithm}) into API {config.api_id}",
+            "source": source if isinstance(source, str) else ", ".join(map(str, source)),
+        }
+        if config.dry_run:
+            facts["mode"] = "validate only: nothing was sent"
+        names = ("migrated", "failed", "skipped")
+        outputs = {name: io.join_path(output_path, f"{name}.parquet") for name in names if name != "skipped"}
+        if (work_dir / "skipped.parquet").exists():
+            outputs["skipped"] = io.join_path(output_path, "skipped.parquet")
+        outputs["ledger"] = ledger_path
+        try:
+            write_report(work_dir, summary, timeline, facts=facts, outputs=outputs)
+        except Exception:
+            self.log.exception("The migration report could not be written; the outcomes are unaffected")
 
     def _save_partial_outputs(self, work_dir: Path, output_path: str) -> None:
         from airflow_provider_unkey.operators import io

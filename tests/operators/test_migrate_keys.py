@@ -203,6 +203,12 @@ def test_parquet_every_field_round_trips(airflow_db: None, emulator: UnkeyEmulat
         assert by_row[row]["reason"] == "invalid" and by_row[row]["detail"].startswith(field), by_row[row]
     assert by_row[14]["reason"] == "duplicate_in_source" and "row 2" in by_row[14]["detail"]
     assert by_row[15]["reason"] == "already_exists" and by_row[15]["request_id"].startswith("req_")
+    # The report beside the outputs, named in the summary.
+    assert summary["outputs"]["report"] == str(output / "report.md")
+    text = (output / "report.md").read_text()
+    assert f"| `invalid` | {len(bad)} |" in text and "| `already_exists` | 1 |" in text
+    assert "unkey_t_parquet_all_fields" in text and "mig_test (sha256) into API api_test" in text
+    assert summary["outputs"]["plot"] == str(output / "throughput.png")
     # Every field as Unkey stored it.
     stored = emulator.keys[b64("sk_all_0")].request_fields()
     assert stored == {
