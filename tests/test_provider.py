@@ -8,8 +8,10 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import pytest
 
 import airflow_provider_unkey
 from airflow_provider_unkey.get_provider_info import get_provider_info
@@ -75,3 +77,102 @@ def test_airflow_cli_lists_the_provider(tmp_path: Path) -> None:
     ).stdout
     names = {p["package_name"] for p in json.loads(out[out.index("[{") :].splitlines()[0])}
     assert "airflow-provider-unkey" in names
+
+
+# --- the connection form ----------------------------------------------------------------------------
+def test_the_form_hides_login_and_scheme_and_keeps_the_port() -> None:
+    from airflow_provider_unkey.client import DEFAULT_BASE_URL
+
+    (conn,) = get_provider_info()["connection-types"]
+    behaviour = conn["ui-field-behaviour"]
+    assert {"login", "schema"} <= set(behaviour["hidden-fields"])
+    # Airflow 3.3.2's Test button needs a stored port (docs/connection.md): the field stays.
+    assert "port" not in behaviour["hidden-fields"]
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "Root key"}
+    assert behaviour["placeholders"]["host"] == DEFAULT_BASE_URL == "https://api.unkey.com"
+    assert UnkeyHook.get_ui_field_behaviour()["hidden_fields"] == behaviour["hidden-fields"]
+
+
+def test_numeric_extras_state_their_default_instead_of_prefilling_it() -> None:
+    from airflow_provider_unkey.client import UnkeyClient
+    from airflow_provider_unkey.connection_form import CONN_FIELDS
+    from airflow_provider_unkey.retries import RetryPolicy
+
+    (conn,) = get_provider_info()["connection-types"]
+    fields = conn["conn-fields"]
+    client_connect, client_read = UnkeyClient("unkey_root_x").timeout  # type: ignore[misc]
+    stated = {
+        "timeout": client_read,
+        "connect_timeout": client_connect,
+        "max_retries": RetryPolicy().max_attempts,
+        "max_retry_seconds": RetryPolicy().max_elapsed,
+    }
+    for name, default in stated.items():
+        # Airflow's UI pre-fills a field with its schema's default, and saves it into the extras.
+        assert "default" not in fields[name]["schema"], name
+        assert fields[name]["description"].startswith(f"Empty: {default:g}, the provider's default")
+    # Only the two switches keep a default (a switch cannot show "unset").
+    assert {n for n, f in CONN_FIELDS.items() if "default" in f["schema"]} == {
+        "verify",
+        "allow_insecure_http",
+    }
+
+
+def test_the_api_id_field_follows_unkeys_spec() -> None:
+    from airflow_provider_unkey import rules
+    from airflow_provider_unkey.connection_form import CONN_FIELDS
+    from tests.spec import load_spec
+
+    spec = load_spec()["components"]["schemas"]["V2ApisGetApiRequestBody"]["properties"]["apiId"]
+    schema = CONN_FIELDS["api_id"]["schema"]
+    assert (schema["minLength"], schema["maxLength"], schema["pattern"]) == (
+        spec["minLength"],
+        spec["maxLength"],
+        spec["pattern"],
+    )
+    assert schema["maxLength"] == rules.ID_MAX_LENGTH
+
+
+SAMPLE_EXTRAS = [
+    {},
+    {"api_id": "api_1"},
+    {"api_id": "api_1234"},
+    {"api_id": "api-1234"},
+    {"api_id": "a" * 256},
+    {"api_id": None, "timeout": None},
+    {"timeout": 0},
+    {"timeout": 0.5, "connect_timeout": 3},
+    {"max_retries": 0},
+    {"max_retries": 1.5},
+    {"max_retries": True},
+    {"verify": False, "allow_insecure_http": True},
+    {"verify": 1},
+    {"proxy": 3128},
+    {"ca_bundle": "/etc/ssl/ca.pem", "proxy": "http://proxy:3128"},
+    {"max_retry_seconds": -1},
+]
+
+
+@pytest.mark.parametrize("extras", SAMPLE_EXTRAS, ids=[json.dumps(e)[:40] for e in SAMPLE_EXTRAS])
+def test_extra_problems_judge_as_json_schema_does(extras: dict[str, Any]) -> None:
+    """The hook's check of the extras reads the form's schemas exactly as a JSON-schema validator does."""
+    from airflow_provider_unkey.connection_form import CONN_FIELDS, extra_problems
+
+    invalid = {
+        name
+        for name, value in extras.items()
+        if value is not None
+        and not jsonschema.Draft202012Validator(CONN_FIELDS[name]["schema"]).is_valid(value)
+    }
+    problems = extra_problems(extras)
+    assert {p.split("[", 1)[1].split("]", 1)[0] for p in problems} == invalid, problems
+    # The same extras, prefixed as Airflow 2's form saved them, are judged the same.
+    assert extra_problems({f"extra__unkey__{k}": v for k, v in extras.items()}) == problems
+
+
+@pytest.mark.parametrize("api_id", ["api_1", "api_1234", "api-1234", "x" * 255, "x" * 256, "api_é_123"])
+def test_the_api_id_check_agrees_with_the_emulator(api_id: str) -> None:
+    from airflow_provider_unkey.connection_form import extra_problems
+    from airflow_provider_unkey.testing.schemas import get_api_violations
+
+    assert bool(extra_problems({"api_id": api_id})) == bool(get_api_violations({"apiId": api_id}))

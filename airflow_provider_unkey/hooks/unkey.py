@@ -17,9 +17,17 @@ from airflow_provider_unkey.client import (
     UnkeyClient,
     VerifyKeyResult,
 )
-from airflow_provider_unkey.connection_form import UI_FIELD_BEHAVIOUR
+from airflow_provider_unkey.connection_form import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_SECONDS,
+    DEFAULT_READ_TIMEOUT,
+    UI_FIELD_BEHAVIOUR,
+    extra_problems,
+)
 from airflow_provider_unkey.exceptions import (
     UnkeyAPIError,
+    UnkeyAuthenticationError,
     UnkeyConfigurationError,
     UnkeyError,
     UnkeyPermissionError,
@@ -95,12 +103,24 @@ class UnkeyHook(BaseHook):
 
     @staticmethod
     def _extra(extras: Mapping[str, Any], name: str) -> Any:
-        value = extras.get(name)
-        return extras.get(f"extra__unkey__{name}") if value is None else value
+        """An extra, plain or prefixed; ``None`` when it is missing, ``None`` or ``""``.
+
+        ``None`` means "the provider's default": the connection form leaves a numeric extra empty (and
+        Airflow's UI saves it as ``null``), and a URI may give it as ``?timeout=``.
+        """
+        for key in (name, f"extra__unkey__{name}"):
+            value = extras.get(key)
+            if value is not None and value != "":
+                return value
+        return None
 
     @staticmethod
     def base_url_from(host: str | None, schema: str | None, port: int | None) -> str:
-        """The API's base URL from a connection's host, schema (used as the scheme) and port."""
+        """The API's base URL from a connection's host, schema (used as the scheme) and port.
+
+        A port in the host wins over the port field; the port field's 0 (what Airflow 3.3's UI may send
+        for an empty port) means none, and the scheme's own port (443, 80) is left out of the URL.
+        """
         host = (host or "").strip()
         if not host:
             return DEFAULT_BASE_URL
@@ -116,7 +136,7 @@ class UnkeyHook(BaseHook):
             url = f"{scheme}://{host.rstrip('/')}"
         if port:
             parts = urlsplit(url)
-            if parts.port is None:
+            if parts.port is None and (parts.scheme, int(port)) not in (("https", 443), ("http", 80)):
                 url = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))
         return url
 
@@ -136,21 +156,22 @@ class UnkeyHook(BaseHook):
         timeout_value = self._extra(extras, "timeout")
         connect_value = self._extra(extras, "connect_timeout")
         timeout = (
-            _as_number(connect_value, "connect_timeout") if connect_value is not None else 10.0,
-            _as_number(timeout_value, "timeout") if timeout_value is not None else 75.0,
+            _as_number(connect_value, "connect_timeout")
+            if connect_value is not None
+            else DEFAULT_CONNECT_TIMEOUT,
+            _as_number(timeout_value, "timeout") if timeout_value is not None else DEFAULT_READ_TIMEOUT,
         )
         retry = self._retry_override
         if retry is None:
             attempts = self._extra(extras, "max_retries")
             budget = self._extra(extras, "max_retry_seconds")
-            default = RetryPolicy()
             retry = RetryPolicy(
                 max_attempts=int(_as_number(attempts, "max_retries"))
                 if attempts is not None
-                else default.max_attempts,
+                else DEFAULT_MAX_RETRIES,
                 max_elapsed=_as_number(budget, "max_retry_seconds")
                 if budget is not None
-                else default.max_elapsed,
+                else DEFAULT_MAX_RETRY_SECONDS,
             )
         verify: bool | str = True
         if (value := self._extra(extras, "verify")) is not None:
@@ -220,18 +241,31 @@ class UnkeyHook(BaseHook):
         ``api.*.create_key``, not ``read_api``. ``keys.verifyKey`` was not chosen because it needs
         ``verify_key``; ``liveness`` because it checks no key; ``migrateKeys`` because it writes.
 
+        The extras are first checked against the connection form's schema
+        (:func:`~airflow_provider_unkey.connection_form.extra_problems`), so that an ``api_id`` Unkey
+        would refuse is named as such rather than answered with a 400.
+
         :return: ``(ok, message)``; the message never contains the root key.
         """
         try:
-            client = self.client
             conn = self.get_connection(self.unkey_conn_id)
-            api_id = self._extra(conn.extra_dejson or {}, "api_id")
+            extras = conn.extra_dejson or {}
+            if problems := extra_problems(extras):
+                return False, "The connection's extras are not valid: " + "; ".join(problems)
+            client = self.client
+            api_id = self._extra(extras, "api_id")
             try:
                 api = client.get_api(str(api_id) if api_id else PROBE_API_ID)
             except UnkeyPermissionError:
                 return (
                     True,
                     f"Root key accepted by {client.base_url} (it may not read APIs, which a migration does not need)",
+                )
+            except UnkeyAuthenticationError as exc:
+                return (
+                    False,
+                    f"{client.base_url} does not know this root key: check the connection's Root key "
+                    f"(an Unkey root key, unkey_..., of the workspace the migration is in). {exc}",
                 )
             except UnkeyAPIError as exc:
                 if exc.status == 404 and not api_id:

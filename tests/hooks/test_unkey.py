@@ -132,6 +132,17 @@ def test_connection_without_root_key_fails_clearly(monkeypatch: pytest.MonkeyPat
         ("http://127.0.0.1:9000", None, 8787, "http://127.0.0.1:9000"),
         ("unkey.internal", "https", 8443, "https://unkey.internal:8443"),
         ("https://gw.example.com/unkey", None, None, "https://gw.example.com/unkey"),
+        # Airflow 3.3's UI may send port 0 for an empty port: it means none.
+        ("https://api.unkey.com", None, 0, "https://api.unkey.com"),
+        ("api.unkey.com", "", 0, "https://api.unkey.com"),
+        # The port the form asks for (docs/connection.md): the scheme's own port is left out.
+        ("https://api.unkey.com", None, 443, "https://api.unkey.com"),
+        ("http://127.0.0.1", None, 80, "http://127.0.0.1"),
+        ("http://127.0.0.1", None, 443, "http://127.0.0.1:443"),
+        # The form hides the schema, but a connection from the CLI or a URI may carry one.
+        ("https://api.unkey.com", "https", None, "https://api.unkey.com"),
+        ("http://127.0.0.1:8787", "https", None, "http://127.0.0.1:8787"),
+        ("api.unkey.com", "HTTPS", 443, "https://api.unkey.com"),
     ],
 )
 def test_base_url_from_connection(
@@ -638,3 +649,82 @@ def test_a_bad_proxy_extra_fails_clearly(monkeypatch: pytest.MonkeyPatch, value:
     _conn_env(monkeypatch, json.dumps(conn))
     with pytest.raises(UnkeyConfigurationError, match=match):
         _ = UnkeyHook().client
+
+
+# --- what the connection form saves ---------------------------------------------------------------
+#: The extras of a connection saved from Airflow 3.3's form with every field left as it is.
+FORM_SAVED_EXTRAS = {
+    "timeout": None,
+    "connect_timeout": None,
+    "max_retries": None,
+    "max_retry_seconds": None,
+    "verify": True,
+    "ca_bundle": None,
+    "allow_insecure_http": False,
+    "proxy": None,
+    "api_id": None,
+}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param(FORM_SAVED_EXTRAS, id="saved-by-the-form"),
+        pytest.param({k: "" for k in FORM_SAVED_EXTRAS}, id="empty-strings"),
+        pytest.param({f"extra__unkey__{k}": v for k, v in FORM_SAVED_EXTRAS.items()}, id="prefixed"),
+    ],
+)
+def test_empty_or_missing_extras_follow_the_providers_defaults(
+    monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator, extra: dict[str, Any]
+) -> None:
+    conn = {"conn_type": "unkey", "host": emulator.url, "password": ROOT_KEY, "port": 0, "extra": extra}
+    _conn_env(monkeypatch, json.dumps(conn))
+    hook = UnkeyHook()
+    default = UnkeyClient(ROOT_KEY, emulator.url)
+    assert hook.client.timeout == default.timeout == (10.0, 75.0)
+    assert hook.client.retry == default.retry
+    assert (hook.client.retry.max_attempts, hook.client.retry.max_elapsed) == (8, 600.0)
+    assert hook.client.base_url == emulator.url
+    assert hook.client.proxy is None
+    ok, message = hook.test_connection()
+    assert ok, message
+
+
+def test_empty_extras_in_a_uri_follow_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    _conn_env(monkeypatch, f"unkey://:{ROOT_KEY}@api.unkey.com/https?timeout=&max_retries=&verify=")
+    client = UnkeyHook().client
+    assert client.timeout == (10.0, 75.0) and client.retry.max_attempts == 8
+    assert client.base_url == "https://api.unkey.com"
+
+
+@pytest.mark.parametrize(
+    ("api_id", "expected"),
+    [
+        pytest.param("api_1", "is 5 characters long, at least 8 expected", id="too-short"),
+        pytest.param("api-1234", "must match ^[a-zA-Z0-9_]+$", id="a-character-unkey-refuses"),
+    ],
+)
+def test_connection_names_an_api_id_unkey_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator, api_id: str, expected: str
+) -> None:
+    conn = {"conn_type": "unkey", "host": emulator.url, "password": ROOT_KEY, "extra": {"api_id": api_id}}
+    _conn_env(monkeypatch, json.dumps(conn))
+    ok, message = UnkeyHook().test_connection()
+    assert not ok
+    assert message.startswith(
+        "The connection's extras are not valid: API id for the connection test [api_id]"
+    )
+    assert expected in message
+    assert emulator.requests == [], "refused before anything is sent"
+
+
+def test_connection_says_clearly_that_the_root_key_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, emulator: UnkeyEmulator
+) -> None:
+    wrong = "unkey_root_not_this_one"
+    _conn_env(monkeypatch, json.dumps({"conn_type": "unkey", "host": emulator.url, "password": wrong}))
+    ok, message = UnkeyHook().test_connection()
+    assert not ok
+    assert message.startswith(f"{emulator.url} does not know this root key: check the connection's Root key")
+    assert "401" in message and wrong not in message
