@@ -169,7 +169,15 @@ def write_report(
     total = summary.total or 0
 
     def share(n: int) -> str:
-        return f"{100 * n / total:.2f}%" if total else "-"
+        # Two decimals, but never 0.00% for a few rows nor 100.00% for all but a few.
+        if not total:
+            return "-"
+        percent = 100 * n / total
+        if 0 < percent < 0.01:
+            return "<0.01%"
+        if 99.99 < percent < 100:
+            return ">99.99%"
+        return f"{percent:.2f}%"
 
     lines += ["## Outcomes", ""]
     if summary.aborted:
