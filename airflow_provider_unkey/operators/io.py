@@ -226,7 +226,8 @@ def sql_partitions(
     :param sql_conn_id: the Airflow connection the query runs on (for its SQL dialect).
     :param hash_column: the column holding the hash, as the query returns it.
     :param n: how many partitions at most.
-    :param hash_format: ``sha256_base64`` or ``sha256_hex``.
+    :param hash_format: ``sha256_base64``, ``sha256_hex`` or ``sha256_binary`` (a ``BYTEA`` or
+        ``BINARY(32)`` column of raw digests: split by its first byte).
     :return: ``[{"sql": ...}, ...]``; see :func:`~airflow_provider_unkey.migration.partition.sql_partitions`.
     """
     dialect = _dialect(sql_hook(sql_conn_id))

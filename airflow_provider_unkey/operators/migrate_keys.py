@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions._internal.expandinput import ExpandInput
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
+    from airflow_provider_unkey.operators.lineage import Lineage
+
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
 #: Stands in, when the DAG is parsed, for a templated argument that is not text yet (an XComArg): the
 #: rendered value is checked when the task runs.
@@ -164,7 +166,9 @@ class MigrateKeysOperator(BaseOperator):
         ``credits.remaining``, ``credits.refill.interval``, ``credits.refill.amount``,
         ``credits.refill.refillDay``, ``ratelimits``. Unmapped fields are not sent. Default: every
         field whose name is a column of the source.
-    :param hash_format: what the hash column holds: ``sha256_base64`` (default) or ``sha256_hex``.
+    :param hash_format: what the hash column holds: ``sha256_base64`` (default), ``sha256_hex``, or
+        ``sha256_binary`` (raw 32-byte digests; a binary column, such as ``BYTEA`` or ``BINARY(32)``,
+        is read as that whatever this says).
     :param algorithm: the migration's algorithm: ``sha256`` (Unkey's native; base64 goes on the wire,
         hex is converted) or ``github.com/seamapi/prefixed-api-key`` (alias ``seam``; hex on the wire).
     :param list_delimiter: separates roles and permissions held in one text column.
@@ -301,6 +305,8 @@ class MigrateKeysOperator(BaseOperator):
         self.output_table_prefix = output_table_prefix
         self.xcom_max_rows = xcom_max_rows
         self.validate_only = validate_only
+        #: What the run learned for OpenLineage: the base URL, the outputs and the summary.
+        self._lineage_seen: dict[str, Any] | None = None
         self.max_invalid_ratio = max_invalid_ratio
         self.max_failed_ratio = max_failed_ratio
         self.progress_interval = progress_interval
@@ -577,6 +583,11 @@ class MigrateKeysOperator(BaseOperator):
             shutil.rmtree(work_dir, ignore_errors=True)
 
         result = summary.as_dict()
+        self._lineage_seen = {
+            "base_url": client.base_url if client is not None else None,
+            "outputs": dict(summary.outputs),
+            "summary": result,
+        }
         self.log.info(
             "Done: %d rows, %d migrated, %d failed %s, %d skipped (known to the ledger)%s%s; %.0f keys/s"
             " over %.1fs. Outputs: %s",
@@ -637,6 +648,42 @@ class MigrateKeysOperator(BaseOperator):
             write_report(work_dir, summary, timeline, facts=facts, outputs=outputs)
         except Exception:
             self.log.exception("The migration report could not be written; the outcomes are unaffected")
+
+    # --- OpenLineage (used when the OpenLineage provider is installed) ---------------------------------
+    def _lineage(self, *, complete: bool) -> Lineage:
+        from airflow_provider_unkey.operators.lineage import migration_lineage
+
+        seen = self._lineage_seen or {}
+        base_url = seen.get("base_url")
+        if base_url is None:
+            try:
+                conn = UnkeyHook.get_connection(self.unkey_conn_id)
+                base_url = UnkeyHook.base_url_from(conn.host, conn.schema, conn.port)
+            except Exception:  # no connection at hand: the lineage names no Unkey output
+                base_url = None
+        return migration_lineage(
+            parquet_path=self.parquet_path,
+            sql=self.sql,
+            sql_conn_id=self.sql_conn_id,
+            hook_params=self.hook_params,
+            base_url=None if self.validate_only else base_url,
+            api_id=str(self.api_id),
+            outputs=seen.get("outputs", {}) if complete else {},
+            output_conn_id=self.output_conn_id,
+            summary=seen.get("summary") if complete else None,
+        )
+
+    def get_openlineage_facets_on_start(self) -> Lineage:
+        """OpenLineage: the source read and the Unkey API written (the provider's listener calls this)."""
+        return self._lineage(complete=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage:
+        """OpenLineage: the source, the Unkey API with the keys migrated, the output files and tables."""
+        return self._lineage(complete=True)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Lineage:
+        """OpenLineage: as on completion, with whatever outputs the failed run wrote."""
+        return self._lineage(complete=True)
 
     def _save_partial_outputs(self, work_dir: Path, output_path: str) -> None:
         from airflow_provider_unkey.operators import io
