@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Airflow reads AIRFLOW_HOME at import: keep the demo's state inside the checkout, never in ~/airflow.
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 
-.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput clean
+.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/python -m example_dags.run_demo
 
-## The whole test suite, as CI runs it: lint, types, tests.
-test: setup lint typecheck
+## The whole test suite, as CI runs it: lint, types, the docs site (warnings are errors), tests.
+test: setup lint typecheck docs
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
 lint:
@@ -49,6 +49,14 @@ $(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
 
 bench-throughput: $(BIN)/.bench-installed
 	$(BIN)/python -m benchmarks.throughput_suite
+
+## The documentation site (mkdocs.yml): built into site/ with every warning an error.
+$(BIN)/.docs-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) airflow_home .mypy_cache .ruff_cache .pytest_cache
