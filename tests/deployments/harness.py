@@ -298,31 +298,38 @@ class Deployment:
         return False
 
     def stop(self) -> None:
-        """Stop every process and its children: SIGTERM, then SIGKILL what is left after 10 s. Idempotent."""
+        """Stop every process and its children. Idempotent.
+
+        SIGTERM to each process the deployment started, the Celery workers first (a warm shutdown lets
+        a task that is ending acknowledge its message), then SIGKILL to whatever is left after 15 s:
+        their process groups, and every process that descended from them (a task process is a process
+        group of its own, which killpg does not reach).
+        """
         if self._stopped:
             return
         self._stopped = True
         atexit.unregister(self.stop)
         began = time.monotonic()
-        # Collected first: a task process is a process group of its own, which killpg does not reach.
         procs: list[psutil.Process] = []
         for service in self.services:
             with suppress(psutil.Error):
                 parent = psutil.Process(service.popen.pid)
                 procs += [parent, *parent.children(recursive=True)]
-        for service in self.services:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(service.popen.pid, signal.SIGTERM)
-        for proc in procs:
-            with suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            with suppress(psutil.Error):
-                proc.kill()
+        ordered = sorted(self.services, key=lambda s: not s.name.startswith("celery-worker"))
+        for service in ordered:
+            with suppress(ProcessLookupError):
+                service.popen.send_signal(signal.SIGTERM)
+        for service in ordered:
+            with suppress(subprocess.TimeoutExpired):
+                service.popen.wait(timeout=max(0.0, 15 - (time.monotonic() - began)))
         for service in self.services:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(service.popen.pid, signal.SIGKILL)
+        for proc in procs:
+            with suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=30)
+        for service in self.services:
             with suppress(subprocess.TimeoutExpired):
                 service.popen.wait(timeout=30)
             service.stream.close()

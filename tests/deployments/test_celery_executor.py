@@ -36,6 +36,11 @@ def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[scenario.Setup]
             stale = list(broker.scan_iter(f"*{settings.queue}*"))
             if stale:
                 broker.delete(*stale)
+            # A message of this run's queue left unacknowledged (a worker stopped before it acked).
+            for tag, message in broker.hgetall("unacked").items():
+                if settings.queue.encode() in message:
+                    broker.hdel("unacked", tag)
+                    broker.zrem("unacked_index", tag)
             # Kombu's bookkeeping of the bindings, once no run has a binding left in this database.
             if not any(broker.scan_iter("_kombu.binding.*")):
                 broker.delete("_kombu.binding_deadlines")
