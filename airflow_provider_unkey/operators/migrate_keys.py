@@ -141,9 +141,13 @@ class MigrateKeysOperator(BaseOperator):
     Rows stream through in Arrow record batches: mapped to Unkey's key fields, validated against
     Unkey's rules, deduplicated across the whole source, packed into requests by count and bytes and
     sent concurrently. Every row ends in exactly one outcome, written to ``migrated.parquet`` and
-    ``failed.parquet`` under ``output_path`` (and to SQL tables when ``output_conn_id`` is set).
+    ``failed.parquet`` under ``output_path`` (and to SQL tables when ``output_conn_id`` is set), with
+    ``report.md`` for a person to read.
 
-    Exactly one source:
+    The arguments come in four groups: the source (exactly one of ``parquet_path`` and ``sql``), the
+    mapping and formats, sending, and the outputs. ``BaseOperator``'s ``do_xcom_push=False`` pushes
+    nothing to XCom (not the summary, not the frames or their URIs, not the summary of a failed run);
+    the outputs and the ledger are written all the same.
 
     :param parquet_path: a Parquet file, a directory (dataset), a glob, or a list of files; a local
         path or any ``ObjectStoragePath`` URI (``file://``, ``s3://conn_id@bucket/...``). Templated.
@@ -159,8 +163,6 @@ class MigrateKeysOperator(BaseOperator):
     :param hook_params: keyword arguments for the ``sql_conn_id`` connection's hook (as common-sql's
         ``hook_params``), e.g. ``{"schema": "warehouse"}``.
 
-    Mapping and formats:
-
     :param column_mapping: Unkey field -> source column, for any of ``hash``, ``name``,
         ``externalId``, ``meta``, ``roles``, ``permissions``, ``expires``, ``enabled``,
         ``credits.remaining``, ``credits.refill.interval``, ``credits.refill.amount``,
@@ -172,8 +174,6 @@ class MigrateKeysOperator(BaseOperator):
     :param algorithm: the migration's algorithm: ``sha256`` (Unkey's native; base64 goes on the wire,
         hex is converted) or ``github.com/seamapi/prefixed-api-key`` (alias ``seam``; hex on the wire).
     :param list_delimiter: separates roles and permissions held in one text column.
-
-    Sending:
 
     :param migration_id: the migration id Unkey support set up. Templated.
     :param api_id: the API the keys go to. Templated.
@@ -192,8 +192,6 @@ class MigrateKeysOperator(BaseOperator):
         keeps exactly ``max_concurrency`` requests in flight and ``batch_size`` keys in each.
     :param validate_only: read, validate, deduplicate and batch; report what would be sent
         (``would_send``); call nothing. (``dry_run`` would clash with ``BaseOperator.dry_run()``.)
-
-    Outputs:
 
     :param output_path: a local directory or ``ObjectStoragePath`` URI for ``migrated.parquet`` and
         ``failed.parquet``. Templated. Default: ``$AIRFLOW_HOME/unkey_migrations/<dag>/<run>/<task>``.
@@ -218,9 +216,6 @@ class MigrateKeysOperator(BaseOperator):
     :param max_failed_ratio: fail the task (after writing its outputs) when more than this share of
         rows failed for any reason.
     :param progress_interval: seconds between progress lines in the task log.
-    :param do_xcom_push: (``BaseOperator``'s) ``False`` pushes nothing to XCom: not the summary, not
-        the frames or their URIs, not the summary of a failed run. The outputs and the ledger are
-        written all the same.
     :return: a summary: ``total``, ``migrated``, ``failed``, ``failed_by_reason``, ``skipped``,
         ``resumed``, durations, keys/s, output URIs (``ledger`` among them). Pushed to XCom as
         ``return_value`` unless ``do_xcom_push`` is ``False``.
