@@ -571,3 +571,36 @@ def test_sql_partitions_of_a_mysql_varbinary(mysql_database: MySqlDatabase) -> N
             "SELECT id, digest FROM `keys`", "digest", n, hash_format="sha256_binary", dialect="mysql"
         )
         check_partitions(sql_owners(partitions, run), PART_DIGESTS, n)
+
+
+def test_a_sqlite_blob_column_null_in_its_first_chunk(tmp_path: Path) -> None:
+    """The limit docs/operator.md states for drivers that type a column by its first chunk, and its fixes."""
+    path = tmp_path / "keys.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE keys (id integer PRIMARY KEY, h blob)")
+        conn.executemany(
+            "INSERT INTO keys VALUES (?, ?)", [(i, None if i < 3 else digest(i)) for i in range(10)]
+        )
+
+    def prepare(sql: str, hash_format: str) -> tuple[list[str], list[str]]:
+        source = SqlSource(lambda: sqlite3.connect(path), sql, batch_rows=3)
+        preparer = KeyPreparer({"hash": "h"}, hash_format=hash_format)
+        sent: list[str] = []
+        details: list[str] = []
+        row = 0
+        for batch in source:
+            prepared, rejects = preparer.prepare(batch, row)
+            row += batch.num_rows
+            sent += prepared.hashes
+            details += rejects.details
+        return sent, details
+
+    # The first chunk is all NULL: the column is text, the later digests hex text, named as such.
+    sent, details = prepare("SELECT h FROM keys ORDER BY id", "sha256_binary")
+    assert sent == [] and len(details) == 10
+    assert all("sha256_hex" in d for d in details[3:]), details
+    # The fixes the docs give: keep the NULLs out of the first rows, or read the column as hex.
+    expected = [wire(digest(i)) for i in range(3, 10)]
+    assert prepare("SELECT h FROM keys WHERE h IS NOT NULL ORDER BY id", "sha256_binary")[0] == expected
+    assert prepare("SELECT h FROM keys ORDER BY h IS NULL, id", "sha256_binary")[0] == expected
+    assert prepare("SELECT HEX(h) AS h FROM keys ORDER BY id", "sha256_hex")[0] == expected
