@@ -58,7 +58,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "placeholders": {
         "host": DEFAULT_BASE_URL,
         "password": "unkey_...",
-        "port": "443 (optional: the Base URL's own port wins)",
+        "port": "443 (Airflow 3.3.2's Test button needs one)",
     },
 }
 
