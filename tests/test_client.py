@@ -15,7 +15,6 @@ import email.utils
 import errno
 import functools
 import http.client
-import importlib.util
 import json
 import logging
 import math
@@ -931,8 +930,9 @@ def test_a_bad_proxy_is_refused_without_showing_its_password(
 ) -> None:
     from airflow_provider_unkey.exceptions import UnkeyConfigurationError
 
-    if proxy.startswith("socks") and importlib.util.find_spec("socks") is not None:
-        pytest.skip("PySocks is installed: a SOCKS proxy is supported")
+    if proxy.startswith("socks"):
+        # As without PySocks, installed or not (selenium brings it along in the test extra).
+        clean_proxy_env.setitem(sys.modules, "socks", None)
     with pytest.raises(UnkeyConfigurationError) as refused:
         UnkeyClient("unkey_root_test", "https://api.unkey.com", proxy=proxy)
     assert "hunter2secret" not in str(refused.value)
@@ -940,6 +940,15 @@ def test_a_bad_proxy_is_refused_without_showing_its_password(
     with pytest.raises(UnkeyConfigurationError) as from_env:
         UnkeyClient("unkey_root_test", "https://api.unkey.com")
     assert "hunter2secret" not in str(from_env.value) and "HTTPS_PROXY" in str(from_env.value)
+
+
+def test_a_socks_proxy_with_pysocks(clean_proxy_env: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("socks", reason="PySocks comes with the test extra (through selenium)")
+    client = UnkeyClient(
+        "unkey_root_test", "https://api.unkey.com", proxy="socks5h://bob:hunter2secret@corp:1080"
+    )
+    assert client.session.proxies["https"] == "socks5h://bob:hunter2secret@corp:1080"
+    assert "hunter2secret" not in repr(client)
 
 
 def test_only_the_proxy_variables_of_the_environment_are_read(
