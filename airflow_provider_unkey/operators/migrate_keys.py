@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_unkey._compat import AirflowException, AirflowFailException
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.migration.engine import (
     DEFAULT_BATCH_SIZE,
