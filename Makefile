@@ -2,10 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The lowest Airflow the provider supports (pyproject.toml's floor), tested by `make test-lowest` in a venv
+# of its own with that release's dependency pins (.ci/constraints-airflow-<version>.txt).
+AIRFLOW_LOWEST ?= 3.1.1
+LOWEST_VENV ?= .venv-lowest
+LOWEST_BIN := $(LOWEST_VENV)/bin
+LOWEST_CONSTRAINTS ?= .ci/constraints-airflow-$(AIRFLOW_LOWEST).txt
 # Airflow reads AIRFLOW_HOME at import: keep the demo's state inside the checkout, never in ~/airflow.
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 
-.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput docs clean
+.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput docs clean setup-lowest test-lowest print-airflow-lowest
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +28,23 @@ demo: setup
 ## The whole test suite, as CI runs it: lint, types, the docs site (warnings are errors), tests.
 test: setup lint typecheck docs
 	$(BIN)/python -m pytest -p no:cacheprovider -q
+
+## The lowest supported Airflow: the whole suite and mypy (against that release's types) in $(LOWEST_VENV).
+## WTForms (the FAB provider's) too: before 3.2, Airflow builds the connection form only when it is there.
+$(LOWEST_BIN)/.installed: pyproject.toml $(LOWEST_CONSTRAINTS)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_BIN)/python -m pip install --quiet --upgrade pip
+	$(LOWEST_BIN)/python -m pip install --quiet -c $(LOWEST_CONSTRAINTS) -e ".[test]" "apache-airflow==$(AIRFLOW_LOWEST)" wtforms
+	touch $@
+
+setup-lowest: $(LOWEST_BIN)/.installed
+
+print-airflow-lowest:
+	@echo $(AIRFLOW_LOWEST)
+
+test-lowest: setup-lowest
+	$(LOWEST_BIN)/mypy --cache-dir $(LOWEST_VENV)/.mypy_cache
+	$(LOWEST_BIN)/python -m pytest -p no:cacheprovider -q
 
 lint:
 	$(BIN)/ruff check .
@@ -59,4 +82,4 @@ docs: $(BIN)/.docs-installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) airflow_home .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) airflow_home .mypy_cache .ruff_cache .pytest_cache

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,12 @@ import jsonschema
 import pytest
 
 import airflow_provider_unkey
+from airflow_provider_unkey.connection_form import CONN_FIELDS
 from airflow_provider_unkey.get_provider_info import get_provider_info
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
+
+#: Airflow 3.2 reads the connection form from the provider info; 3.0 and 3.1 ask the hook.
+AIRFLOW_BEFORE_3_2 = tuple(int(p) for p in version("apache-airflow-core").split(".")[:2]) < (3, 2)
 
 
 def test_entry_point_returns_provider_info() -> None:
@@ -57,12 +61,36 @@ def test_providers_manager_knows_the_connection_type() -> None:
 
     pm = ProvidersManager()
     assert "airflow-provider-unkey" in pm.providers
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+    try:  # Airflow 3.2 and later: the task runtime imports hooks
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    hook_info = ProvidersManagerTaskRuntime().hooks["unkey"]
+        hooks = ProvidersManagerTaskRuntime().hooks
+    except ImportError:  # Airflow 3.0 and 3.1
+        hooks = pm.hooks
+    hook_info = hooks["unkey"]
     assert hook_info is not None and hook_info.hook_class_name.endswith("UnkeyHook")
+    if AIRFLOW_BEFORE_3_2:
+        # The form comes from the hook's methods, and only when WTForms is there (make test-lowest has it).
+        pytest.importorskip("wtforms")
     assert pm.field_behaviours["unkey"]["relabeling"]["password"] == "Root key"
     assert "extra__unkey__timeout" in pm.connection_form_widgets
+
+
+def test_the_ui_gets_the_connection_form() -> None:
+    """What the API server sends the UI's connection form: fields relabelled and hidden, every extra."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    if AIRFLOW_BEFORE_3_2:
+        pytest.importorskip("wtforms")
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "unkey"]
+    fields = meta.standard_fields
+    assert fields is not None and fields.password is not None and fields.login is not None
+    assert fields.password.title == "Root key"
+    assert fields.login.hidden
+    extras = meta.extra_fields or {}
+    assert set(extras) == set(CONN_FIELDS)
+    assert extras["timeout"]["value"] in (75, "75")
+    assert extras["verify"]["value"] is True
 
 
 def test_airflow_cli_lists_the_provider(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_unkey._compat import connection_form_widgets
 from airflow_provider_unkey.client import (
     DEFAULT_BASE_URL,
     ApiInfo,
@@ -18,6 +19,7 @@ from airflow_provider_unkey.client import (
     VerifyKeyResult,
 )
 from airflow_provider_unkey.connection_form import (
+    CONN_FIELDS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_SECONDS,
@@ -100,6 +102,11 @@ class UnkeyHook(BaseHook):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """The connection form: hide unused fields, label the password "Root key"."""
         return UI_FIELD_BEHAVIOUR
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extras' form fields, for Airflow 3.1 (3.2 reads ``conn-fields`` from the provider info)."""
+        return connection_form_widgets(CONN_FIELDS)
 
     @staticmethod
     def _extra(extras: Mapping[str, Any], name: str) -> Any:

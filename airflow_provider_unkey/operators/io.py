@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, ObjectStoragePath
 
+from airflow_provider_unkey._compat import storage_conn_id
 from airflow_provider_unkey.migration import partition
 from airflow_provider_unkey.migration.sinks import OUTPUT_FILES, SqlOutcomeSink, copy_outputs
 from airflow_provider_unkey.migration.sources import ParquetSource, SqlSource
@@ -51,7 +52,7 @@ def _resolve(path_or_uri: PathLike | Sequence[PathLike]) -> tuple[pafs.FileSyste
     if not items:
         raise ValueError("no Parquet paths given: the list is empty")
     first = items[0]
-    stores = {(p.protocol or "", p.conn_id) for p in items}
+    stores = {(p.protocol or "", storage_conn_id(p)) for p in items}
     if len(stores) > 1:
         raise ValueError(
             f"the Parquet paths must all be on one storage with one connection, got {sorted(stores, key=str)}"

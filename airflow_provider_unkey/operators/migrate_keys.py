@@ -16,8 +16,8 @@ import pyarrow as pa
 from airflow.sdk import BaseOperator
 from airflow.sdk.definitions._internal.mixins import ResolveMixin
 from airflow.sdk.definitions.mappedoperator import OperatorPartial
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_unkey._compat import AirflowException, AirflowFailException
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.migration.engine import (
     DEFAULT_BATCH_SIZE,

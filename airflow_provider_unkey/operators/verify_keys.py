@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_unkey._compat import AirflowException, AirflowFailException
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 
 if TYPE_CHECKING:

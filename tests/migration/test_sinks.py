@@ -102,7 +102,9 @@ def test_upload_outputs_through_object_storage(tmp_path: Path) -> None:
     attach("memory", fs=memory)
     root = f"unkey-sink-{uuid.uuid4().hex[:8]}"
     uploaded = io.upload_outputs(run, f"memory://{root}/run_1")
-    assert uploaded["migrated"] == f"memory://{root}/run_1/migrated.parquet"
+    # universal-pathlib before 0.3 (what Airflow 3.1 runs on) writes memory paths from the root:
+    # memory:///root/... names the same file.
+    assert uploaded["migrated"].replace(":///", "://") == f"memory://{root}/run_1/migrated.parquet"
     assert memory.cat_file(f"{root}/run_1/migrated.parquet") == (run / "migrated.parquet").read_bytes()
     memory.rm(root, recursive=True)
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_unkey._compat import AirflowException, AirflowFailException
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.operators.verify_keys import VerifyKeysOperator, masked
 from airflow_provider_unkey.testing import UnkeyEmulator
