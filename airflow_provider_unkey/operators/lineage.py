@@ -117,8 +117,11 @@ def migration_lineage(
             parsed = sql_lineage(sql, sql_conn_id, io.sql_hook(sql_conn_id, hook_params))
         except Exception:  # lineage never fails the task: the query's text is still a facet
             parsed = None
-        if parsed is not None:
-            lineage = lineage.merge(parsed)
+        if parsed is not None:  # (OperatorLineage.merge is newer than some providers we support)
+            lineage.inputs.extend(parsed.inputs or [])
+            lineage.outputs.extend(parsed.outputs or [])
+            lineage.run_facets.update(parsed.run_facets or {})
+            lineage.job_facets.update(parsed.job_facets or {})
         lineage.job_facets.setdefault("sql", SQLJobFacet(query=sql))
     if base_url:
         migrated = None if summary is None else int(summary.get("migrated", 0))
