@@ -402,6 +402,20 @@ class Deployment:
 
         return wait_until(f"run {run_id} of {dag_id} to end", ended, interval=2.0)
 
+    def clear_task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        """Clear a failed task instance, as a user does from the UI: Airflow runs it again."""
+        self.api(
+            "POST",
+            f"/dags/{dag_id}/clearTaskInstances",
+            json={
+                "dry_run": False,
+                "dag_run_id": run_id,
+                "task_ids": [[task_id, map_index] if map_index >= 0 else task_id],
+                "only_failed": True,
+                "reset_dag_runs": True,
+            },
+        )
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         answer = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
         return list(answer["task_instances"])

@@ -24,8 +24,19 @@ from airflow_provider_unkey.testing import UnkeyEmulator
 from tests import databases
 from tests.deployments import harness, scenario
 
+
+def _task_sdk_at_least(version: str) -> bool:
+    from importlib.metadata import version as installed
+
+    from packaging.version import Version
+
+    return Version(installed("apache-airflow-task-sdk")) >= Version(version)
+
+
 pytestmark = [pytest.mark.deployment, pytest.mark.slow, pytest.mark.timeout(1800)]
 
+#: Whether the task SDK retries a task killed by a signal (apache/airflow#55767, task SDK 1.1.2 and later).
+AIRFLOW_RETRIES_SIGNAL_KILLED_TASKS = _task_sdk_at_least("1.1.2")
 #: The partition whose task is killed, and the request of it from which on Unkey holds them.
 TARGET = 1
 HOLD_FROM = 4
@@ -136,6 +147,20 @@ def test_a_sigkilled_mapped_task_is_retried_and_resumes_from_the_ledger(local: s
         ledger_at_kill = [r for r in read_ledger(ledger_dir).to_pylist() if r["map_index"] == TARGET]
     finally:
         gate.release_and_drain()
+
+    def after_the_kill() -> str | None:
+        state = deployment.task_instance(dag_id, run_id, "migrate", TARGET)["state"]
+        return (
+            state
+            if state in ("up_for_retry", "failed", "queued", "scheduled", "running", "success")
+            else None
+        )
+
+    if harness.wait_until("Airflow to see the killed task end", after_the_kill, interval=0.5) == "failed":
+        # The task SDK before apache/airflow#55767 (Airflow 3.1.1's 1.1.1) fails a task killed by a
+        # signal without its retries: a user clears it, and the next try resumes all the same.
+        assert not AIRFLOW_RETRIES_SIGNAL_KILLED_TASKS, "the killed task failed without its retry"
+        deployment.clear_task_instance(dag_id, run_id, "migrate", TARGET)
     deployment.wait_for_run(dag_id, run_id)
     local.runs["SIGKILL run"] = time.monotonic() - began
 
