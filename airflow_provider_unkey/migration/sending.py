@@ -20,6 +20,7 @@ from airflow_provider_unkey.client import MIGRATE_KEYS_PATH, Attempt, RetryPolic
 from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyError, UnkeyTransportError
 from airflow_provider_unkey.migration.batching import Batch, Batcher
 from airflow_provider_unkey.migration.failures import (
+    ACTIONS,
     SPLIT_WITHOUT_RETRY,
     Action,
     MigrationAborted,
@@ -145,6 +146,11 @@ class MigrationEngine:
         """Called by the client after each HTTP attempt, in the worker thread that made it."""
         if attempt.path != MIGRATE_KEYS_PATH:
             return
+        if attempt.status is not None and ACTIONS.get(attempt.status, (None,))[0] is Action.ABORT:
+            # An answer that stops the run (401, 403, 404): hold every other request back now, before
+            # its worker gets to classify it, and let it neither free nor add a place.
+            self._abort.set()
+            return
         keys = int(getattr(self._local, "keys", 0))
         self.pacer.observe(attempt)
         if self.limiter is not None:
@@ -177,9 +183,11 @@ class MigrationEngine:
         """Take a place under the concurrency limit, waiting for one; ``False`` (and no place) when the
         run stops meanwhile."""
         with self._gate:
-            while self._in_flight >= self.concurrency():
-                if self._abort.is_set():
+            while True:
+                if self._abort.is_set():  # checked with a place free too: a stopped run sends nothing
                     return False
+                if self._in_flight < self.concurrency():
+                    break
                 self._gate.wait(0.5)
             self._in_flight += 1
             return True
@@ -316,7 +324,10 @@ class MigrationEngine:
             if self._abort.is_set() or not self._enter():
                 self._not_sent(part)
                 continue
-            if not self.pacer.acquire(self._abort):
+            acquired = self.pacer.acquire(self._abort)
+            if not acquired or self._abort.is_set():  # the run stopped while this one waited
+                if acquired:
+                    self.pacer.release()
                 self._leave()
                 self._not_sent(part)
                 continue
