@@ -76,8 +76,10 @@ def follow(log_path: Path, terminal: TextIO, stop: threading.Event) -> None:
                 terminal.write(f"  {match.group('msg') if match else line.strip()}\n")
 
 
-def xcom(run_id: str, task_id: str, key: str = "return_value") -> Any:
-    """A value the DAG run left in XCom."""
+def xcom(
+    run_id: str, task_id: str, *, dag_id: str = DAG_ID, map_index: int = -1, key: str = "return_value"
+) -> Any:
+    """A value a DAG run left in XCom, or ``None``."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -85,9 +87,10 @@ def xcom(run_id: str, task_id: str, key: str = "return_value") -> Any:
     with create_session() as session:
         row = session.scalars(
             select(XComModel).where(
-                XComModel.dag_id == DAG_ID,
+                XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,
                 XComModel.task_id == task_id,
+                XComModel.map_index == map_index,
                 XComModel.key == key,
             )
         ).first()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,18 +64,18 @@ def _unreachable(server: str, host: str, port: int, reason: str) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover (skip raises)
 
 
-@pytest.fixture
-def postgres_dsn() -> Iterator[str]:
-    """A fresh, empty database ``unkey_test_<random>``, dropped afterwards; yields its DSN as a URI.
+@contextmanager
+def fresh_postgres_database(prefix: str = "unkey_test") -> Iterator[str]:
+    """A fresh, empty database ``<prefix>_<random>``, dropped afterwards; yields its DSN as a URI.
 
-    The URI (``postgresql://user@127.0.0.1:5432/unkey_test_...``) works for psycopg, psycopg2 and as
-    an Airflow connection URI.
+    The URI (``postgresql://user@127.0.0.1:5432/<prefix>_...``) works for psycopg, psycopg2 and as an
+    Airflow connection URI. Skips (fails with ``CI`` set) when PostgreSQL is not reachable.
     """
     try:
         admin = _admin_connection()
     except ConnectionError as exc:
         _unreachable("PostgreSQL", PG_HOST, PG_PORT, str(exc))
-    name = f"unkey_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     user = admin.info.user
     try:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -88,6 +88,13 @@ def postgres_dsn() -> Iterator[str]:
             drop = sql.Composed([drop, sql.SQL(" WITH (FORCE)")])  # waits until those backends are gone
         admin.execute(drop)
         admin.close()
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A fresh, empty database ``unkey_test_<random>`` (:func:`fresh_postgres_database`) for one test."""
+    with fresh_postgres_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -76,22 +76,12 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[UnkeyEmulator]:
 
 
 def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
-    """What a task of a DAG run returned."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+    """What a task of a DAG run returned (it must have returned something)."""
+    from example_dags.run_demo import xcom as left_in_xcom
 
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_id,
-                XComModel.run_id == run_id,
-                XComModel.task_id == task_id,
-                XComModel.map_index == map_index,
-                XComModel.key == "return_value",
-            )
-        ).one()
-        return XComModel.deserialize_value(row)
+    value = left_in_xcom(run_id, task_id, dag_id=dag_id, map_index=map_index)
+    assert value is not None, f"{dag_id} {run_id} {task_id}[{map_index}] left no return value"
+    return value
 
 
 def states(run: Any) -> dict[str, list[str]]:

@@ -34,6 +34,7 @@ from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, Le
 from airflow_provider_unkey.migration.outcomes import Reason
 from airflow_provider_unkey.migration.partition import check_partition
 from airflow_provider_unkey.migration.report import write_report
+from airflow_provider_unkey.migration.sinks import OUTPUT_FILES
 from airflow_provider_unkey.migration.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -444,6 +445,11 @@ class MigrateKeysOperator(BaseOperator):
                     argument,
                 )
 
+    def _task_label(self, ti: Any) -> str:
+        """``task_id``, or ``task_id[map_index]`` for a mapped task instance."""
+        map_index = getattr(ti, "map_index", -1)
+        return self.task_id if map_index is None or map_index < 0 else f"{self.task_id}[{map_index}]"
+
     def _default_output_path(self, context: Context) -> str:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
         ti = context["ti"]
@@ -560,10 +566,7 @@ class MigrateKeysOperator(BaseOperator):
                 # One key per try: a retry's rows go beside the earlier try's, which may hold key ids
                 # that Unkey will not return again (it answers those hashes as already existing).
                 ti = context["ti"]
-                map_index = getattr(ti, "map_index", -1)
-                task_key = (
-                    self.task_id if map_index is None or map_index < 0 else f"{self.task_id}[{map_index}]"
-                ) + f"#try{getattr(ti, 'try_number', 1)}"
+                task_key = f"{self._task_label(ti)}#try{getattr(ti, 'try_number', 1)}"
                 tables = io.write_outcomes_to_sql(
                     self.output_conn_id, self.output_table_prefix, context["run_id"], work_dir, task_key
                 )
@@ -624,8 +627,7 @@ class MigrateKeysOperator(BaseOperator):
         from airflow_provider_unkey.operators import io
 
         ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        task = self.task_id if map_index is None or map_index < 0 else f"{self.task_id}[{map_index}]"
+        task = self._task_label(ti)
         source = self.parquet_path if self.parquet_path is not None else f"SQL on {self.sql_conn_id}"
         facts = {
             "task": f"{self.dag_id} / {context['run_id']} / {task}, try {getattr(ti, 'try_number', 1)}",
@@ -634,10 +636,12 @@ class MigrateKeysOperator(BaseOperator):
         }
         if config.dry_run:
             facts["mode"] = "validate only: nothing was sent"
-        names = ("migrated", "failed", "skipped")
-        outputs = {name: io.join_path(output_path, f"{name}.parquet") for name in names if name != "skipped"}
-        if (work_dir / "skipped.parquet").exists():
-            outputs["skipped"] = io.join_path(output_path, "skipped.parquet")
+        # Where upload_outputs will put the outcome files this run wrote (skipped.parquet only if listed).
+        outputs = {
+            name: io.join_path(output_path, OUTPUT_FILES[name])
+            for name in ("migrated", "failed", "skipped")
+            if (work_dir / OUTPUT_FILES[name]).exists()
+        }
         outputs["ledger"] = ledger_path
         try:
             write_report(work_dir, summary, timeline, facts=facts, outputs=outputs)

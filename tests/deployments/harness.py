@@ -24,15 +24,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import psutil
 import requests
-from psycopg import sql
 
 from tests import databases
 
@@ -67,30 +66,6 @@ def require_server(name: str, host: str, port: int) -> None:
         socket.create_connection((host, port), timeout=3).close()
     except OSError as exc:
         databases._unreachable(name, host, port, str(exc))
-
-
-@contextmanager
-def postgres_database(prefix: str) -> Iterator[str]:
-    """A fresh database ``<prefix>_<random>`` on the PostgreSQL at 127.0.0.1:5432, dropped afterwards.
-
-    :return: its URI, ``postgresql://<user>@127.0.0.1:5432/<name>`` (psycopg, and an Airflow
-        connection URI).
-    """
-    try:
-        admin = databases._admin_connection()
-    except ConnectionError as exc:
-        databases._unreachable("PostgreSQL", databases.PG_HOST, databases.PG_PORT, str(exc))
-    name = f"{prefix}_{secrets.token_hex(6)}"
-    try:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield f"postgresql://{admin.info.user}@{databases.PG_HOST}:{databases.PG_PORT}/{name}"
-    finally:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        drop = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
-        if admin.info.server_version >= 130000:
-            drop = sql.Composed([drop, sql.SQL(" WITH (FORCE)")])
-        admin.execute(drop)
-        admin.close()
 
 
 def wait_until(

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_unkey.migration import partition
 from airflow_provider_unkey.testing import Faults, UnkeyEmulator
+from tests import databases
 from tests.deployments import harness
 
 ROOT_KEY = f"unkey_root_deploy_{secrets.token_hex(8)}"
@@ -109,14 +110,14 @@ def deployment_setup(
     """A deployment with the emulator, the warehouse and the pool; torn down whatever happens."""
     began = time.monotonic()
     with ExitStack() as stack:
-        warehouse = stack.enter_context(harness.postgres_database("unkey_deploy_wh"))
+        warehouse = stack.enter_context(databases.fresh_postgres_database("unkey_deploy_wh"))
         for source in (MAPPED, SIGKILL):
             load(warehouse, source)
         emu = UnkeyEmulator.quick(
             root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, faults=Faults(latency=0.2)
         )
         stack.enter_context(emu)
-        metadata = stack.enter_context(harness.postgres_database("unkey_deploy_meta"))
+        metadata = stack.enter_context(databases.fresh_postgres_database("unkey_deploy_meta"))
         shared = root / "shared"
         shared.mkdir()
         env = {
