@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from airflow_provider_unkey import rules
-from airflow_provider_unkey.testing.emulator import Faults, UnkeyEmulator
+from airflow_provider_unkey.testing.emulator import Faults, ProductionBurst, UnkeyEmulator
 
 
 def _statuses(text: str) -> tuple[int, ...]:
@@ -23,6 +23,13 @@ def _statuses(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated statuses, got {text!r}") from None
+
+
+def _burst(text: str) -> ProductionBurst:
+    try:
+        return ProductionBurst.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="switch the workspace rate limit on: N requests per window, then 429; every answer to an "
-        "authenticated request carries RateLimit-Limit/-Remaining/-Reset (default: no limit)",
+        help="switch the workspace rate limit on: Unkey's sliding window of N requests per window, then "
+        "429; every answer to a counted request carries RateLimit-Limit/-Remaining/-Reset; 0 refuses "
+        "everything (default: no limit)",
     )
     p.add_argument(
-        "--rate-limit-window", type=float, default=60.0, help="seconds of the window (default %(default)s)"
+        "--rate-limit-window",
+        type=float,
+        default=60.0,
+        help="seconds of the window, aligned to Unix time (default %(default)s, Unkey's)",
+    )
+    production = p.add_argument_group(
+        "production traffic",
+        "the workspace's own services verifying their users' keys meanwhile, counted against the same "
+        "rate limit (never in the request log); its counters are printed at the end",
+    )
+    production.add_argument(
+        "--production-rate",
+        type=float,
+        default=None,
+        metavar="N",
+        help="keys.verifyKey requests a minute, evenly spaced (default: none)",
+    )
+    production.add_argument(
+        "--production-burst",
+        type=_burst,
+        default=None,
+        metavar="RATE:SECONDS:EVERY[:FIRST]",
+        help="every EVERY seconds (the first after FIRST, default EVERY), SECONDS at RATE requests a "
+        "minute instead, e.g. 54:30:300",
     )
     p.add_argument(
         "--server-timeout",
@@ -124,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.port,
             rate_limit=args.rate_limit,
             rate_limit_window=args.rate_limit_window,
+            production_per_minute=args.production_rate,
+            production_burst=args.production_burst,
+            production_workspace_id=args.workspace_id,
             faults=faults,
             seed=args.seed,
             server_timeout=args.server_timeout,
@@ -161,11 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         emu.stop()
     stats = emu.stats()
     counts = stats.status_counts
+    production = emu.production
     print(
         f"Unkey emulator stopped: {stats.requests} requests, {len(emu.keys)} keys stored, "
         f"statuses {dict(sorted(counts.items(), key=str))}, "
         f"{stats.rate_limited} rate limited (429), {stats.timed_out} timed out (408), "
-        f"peak {stats.peak_in_flight} in flight, peak {stats.peak_queued} queued",
+        f"peak {stats.peak_in_flight} in flight, peak {stats.peak_queued} queued; "
+        f"production: {production.sent} sent, {production.accepted} accepted, "
+        f"{production.refused} refused (429), {production.refused_in_surge} of them in bursts",
         file=sys.stderr,
         flush=True,
     )

@@ -14,7 +14,9 @@ This module is the façade; the parts live next to it:
 - :mod:`~airflow_provider_unkey.testing.transport`: the HTTP server, request framing, writing answers;
 - :mod:`~airflow_provider_unkey.testing.faults`: :class:`Faults` and drawing each request's faults;
 - :mod:`~airflow_provider_unkey.testing.store`: keys, root keys, APIs, migrations, identities, the
-  rate-limit windows and the request log;
+  workspace rate limiter and the request log;
+- :mod:`~airflow_provider_unkey.testing.production`: the workspace's own production traffic, counted
+  against the same rate limit;
 - :mod:`~airflow_provider_unkey.testing.pipeline`: what every API request goes through before its route;
 - :mod:`~airflow_provider_unkey.testing.routes`: the endpoints, with
   :mod:`~airflow_provider_unkey.testing.schemas` (request bodies) and
@@ -34,8 +36,10 @@ from airflow_provider_unkey.testing import replies, routes, transport
 from airflow_provider_unkey.testing.capacity import Capacity, Load, Stats
 from airflow_provider_unkey.testing.faults import FaultDraw, Faults, FaultSource
 from airflow_provider_unkey.testing.pipeline import Pipeline
+from airflow_provider_unkey.testing.production import Production, ProductionBurst, ProductionStats
 from airflow_provider_unkey.testing.routes import Route, Routes
 from airflow_provider_unkey.testing.store import (
+    DEFAULT_RATE_LIMIT_WINDOW,
     DEFAULT_ROOT_KEY_PERMISSIONS,
     RateLimiter,
     RequestLog,
@@ -52,6 +56,8 @@ __all__ = [
     "DEFAULT_ROOT_KEY_PERMISSIONS",
     "Faults",
     "Load",
+    "ProductionBurst",
+    "ProductionStats",
     "RequestRecord",
     "Stats",
     "StoredKey",
@@ -96,13 +102,22 @@ class UnkeyEmulator:
 
     :param host: interface to bind.
     :param port: port to bind; 0 picks a free one (see :attr:`url` after :meth:`start`).
-    :param rate_limit: requests per window per workspace (every authenticated API request counts);
-        ``None`` for no limit. While set, every answer to an authenticated request carries
-        ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``; change it with
-        :meth:`set_rate_limit`.
-    :param rate_limit_window: the fixed window of ``rate_limit``, in seconds.
-    :param rate_limit_clock: the rate limiter's clock (monotonic seconds); a test can pass one it
-        advances itself to reach a window's end without waiting for it.
+    :param rate_limit: requests per window per workspace (every validated, authenticated API request
+        counts, on every route); ``None`` for no limit, 0 to refuse everything (Unkey's answer to a
+        zero limit: 429 without headers). Unkey's sliding-window limiter: see
+        :class:`~airflow_provider_unkey.testing.store.RateLimiter`. While set, every answer to a
+        counted request carries ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``;
+        change it with :meth:`set_rate_limit`.
+    :param rate_limit_window: the window of ``rate_limit``, in seconds (whole milliseconds; Unkey's
+        is 60 s, a shorter one compresses time).
+    :param rate_limit_clock: the rate limiter's clock, Unix seconds: windows are aligned to its
+        epoch, as Unkey's are to Unix time. A test can pass one it advances itself to reach a
+        window's edge without waiting for it; production traffic runs on it too.
+    :param production_per_minute: the workspace's own production traffic from the start:
+        ``keys.verifyKey`` requests a minute, evenly spaced, counted against the rate limit of
+        ``production_workspace_id`` (see :meth:`set_production_traffic`); ``None`` for none.
+    :param production_burst: recurring bursts of production traffic (see :class:`ProductionBurst`).
+    :param production_workspace_id: the workspace production traffic belongs to.
     :param faults: faults to inject from the start; change them later with :meth:`set_faults`.
     :param seed: seed of the random decisions behind :class:`Faults`.
     :param server_timeout: the server's own per-request timeout: a request whose time since it was
@@ -122,8 +137,11 @@ class UnkeyEmulator:
         port: int = 0,
         *,
         rate_limit: int | None = None,
-        rate_limit_window: float = 60.0,
-        rate_limit_clock: Callable[[], float] = time.monotonic,
+        rate_limit_window: float = DEFAULT_RATE_LIMIT_WINDOW,
+        rate_limit_clock: Callable[[], float] = time.time,
+        production_per_minute: float | None = None,
+        production_burst: ProductionBurst | None = None,
+        production_workspace_id: str = "ws_default",
         faults: Faults | None = None,
         seed: int = 0,
         server_timeout: float = rules.SERVER_TIMEOUT_SECONDS,
@@ -131,6 +149,9 @@ class UnkeyEmulator:
         capacity: int | None = None,
     ) -> None:
         self._limiter = RateLimiter(rate_limit, rate_limit_window, rate_limit_clock)
+        self._production = Production(self._limiter, production_workspace_id)
+        if production_per_minute or production_burst is not None:
+            self._production.configure(production_per_minute, production_burst)
         self._capacity = Capacity(capacity)
         self.host = host
         self.port = port
@@ -143,7 +164,7 @@ class UnkeyEmulator:
         # The routes and the pipeline read server_timeout and freeze_gc from here, per request.
         self._routes = Routes(self._store, self._faults, self)
         self._pipeline = Pipeline(
-            self._store, self._faults, self._limiter, self._routes, self, self._capacity
+            self._store, self._faults, self._limiter, self._routes, self, self._capacity, self._production
         )
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
@@ -160,7 +181,8 @@ class UnkeyEmulator:
     ) -> UnkeyEmulator:
         """An emulator with one root key (default permissions), one API and one migration, not started.
 
-        :param kwargs: passed to the constructor (``port``, ``rate_limit``, ``faults``, ...).
+        :param kwargs: passed to the constructor (``port``, ``rate_limit``, ``production_per_minute``,
+            ``faults``, ...).
         """
         emu = cls(**kwargs)
         emu.add_root_key(root_key)
@@ -181,6 +203,16 @@ class UnkeyEmulator:
         """Register an API (a keyspace) in ``workspace_id``; ``name`` defaults to the id."""
         self._store.add_api(api_id, workspace_id, name)
 
+    def delete_api(self, api_id: str) -> None:
+        """Delete an API as Unkey's ``apis.deleteApi`` does (a soft delete): ``keys.migrateKeys`` and
+        ``apis.getApi`` answer 404 for it ("The requested API does not exist or has been deleted."),
+        and ``keys.verifyKey`` answers 200 ``NOT_FOUND`` for its keys, which stay stored (their hashes
+        still exist: migrating one elsewhere lands in ``failed``).
+
+        :raises KeyError: for an API never added.
+        """
+        self._store.delete_api(api_id)
+
     def add_migration(
         self, migration_id: str, workspace_id: str = "ws_default", algorithm: str = rules.ALGORITHM_SHA256
     ) -> None:
@@ -200,7 +232,7 @@ class UnkeyEmulator:
 
     # --- life cycle -----------------------------------------------------------------------------------
     def start(self) -> UnkeyEmulator:
-        """Bind and serve in a daemon thread.
+        """Bind and serve in a daemon thread; production traffic runs in another until :meth:`stop`.
 
         :return: ``self``.
         :raises RuntimeError: when already started.
@@ -215,13 +247,16 @@ class UnkeyEmulator:
             target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="unkey-emulator", daemon=True
         )
         self._thread.start()
+        self._production.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and close every connection, idle keep-alive ones included. Idempotent."""
+        """Stop serving and close every connection, idle keep-alive ones included, and production
+        traffic. Idempotent."""
         server, self._server = self._server, None
         if server is None:
             return
+        self._production.stop()
         server.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -271,26 +306,77 @@ class UnkeyEmulator:
 
     @rate_limit.setter
     def rate_limit(self, limit: int | None) -> None:
-        self._limiter.limit = limit
+        self.set_rate_limit(limit)
 
     @property
     def rate_limit_window(self) -> float:
-        """The rate limit's fixed window, in seconds."""
+        """The rate limit's window, in seconds."""
         return self._limiter.window
 
     @rate_limit_window.setter
     def rate_limit_window(self, window: float) -> None:
-        self._limiter.window = window
+        self._limiter.configure(self._limiter.limit, window)
 
     def set_rate_limit(self, limit: int | None, window: float | None = None) -> None:
-        """Switch the workspace rate limit on (``limit`` requests per ``window`` s) or off (``None``).
+        """Switch the workspace rate limit on (``limit`` requests per ``window`` s), to 0 (everything
+        refused, 429 without headers) or off (``None``).
 
-        Thread-safe, while running too; every workspace starts a fresh window.
+        Thread-safe, while running too. The requests counted so far stay counted, as in Unkey when a
+        workspace's limit changes (its counters are keyed by the window's length, so a new window
+        length starts from nothing).
 
-        :param window: seconds; ``None`` keeps the current window.
-        :raises ValueError: for a negative limit or a window that is not positive.
+        :param window: seconds (whole milliseconds); ``None`` keeps the current window.
+        :raises ValueError: for a negative limit or a window under a millisecond.
         """
         self._limiter.configure(limit, self._limiter.window if window is None else window)
+
+    # --- production traffic ---------------------------------------------------------------------------
+    @property
+    def production(self) -> ProductionStats:
+        """What the workspace's own production traffic has met so far: requests sent, accepted and
+        refused (429), the times of the refusals and of the surges; separate from :meth:`stats` and
+        :attr:`requests`, which are the HTTP clients' own. As of the time production was last run to
+        (the production thread keeps it current while the emulator runs; :meth:`advance_production`)."""
+        return self._production.stats()
+
+    def set_production_traffic(
+        self,
+        per_minute: float | None,
+        *,
+        burst: ProductionBurst | None = None,
+        workspace_id: str | None = None,
+    ) -> None:
+        """Simulate the workspace's own production traffic from now: its services calling
+        ``keys.verifyKey``, ``per_minute`` requests a minute evenly spaced (the first at once), counted
+        against the workspace rate limit like the HTTP clients' requests.
+
+        Replaces the steady rate and the bursts; a surge in progress ends; the counters stay.
+        ``per_minute`` ``None`` or 0 without ``burst`` stops production. Thread-safe.
+
+        :param burst: recurring bursts at another rate, e.g. ``ProductionBurst(54, 30, every=300)``.
+        :param workspace_id: the workspace whose limit production shares; ``None`` keeps it
+            (``production_workspace_id``, ``ws_default`` by default).
+        :raises ValueError: for a negative rate.
+        """
+        self._production.configure(per_minute, burst, workspace_id)
+
+    def surge_production(self, per_minute: float, seconds: float) -> None:
+        """From now, for ``seconds``, production sends ``per_minute`` requests a minute instead of its
+        steady rate (and bursts), then returns to it. A surge in progress ends. Thread-safe.
+
+        :raises ValueError: for a negative rate or a duration that is not positive.
+        """
+        self._production.surge(per_minute, seconds)
+
+    def advance_production(self, until: float | None = None) -> ProductionStats:
+        """Send every production request scheduled up to ``until`` on the rate limiter's clock (each
+        counted at its own time), as the production thread does; for a test with a fake clock.
+
+        :param until: a time on the rate limiter's clock; ``None`` for now.
+        :return: :attr:`production` afterwards.
+        """
+        self._production.advance(until)
+        return self._production.stats()
 
     # --- capacity -------------------------------------------------------------------------------------
     @property

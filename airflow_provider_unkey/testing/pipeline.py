@@ -1,11 +1,13 @@
 """What every API request goes through before its route: routing, framing, faults, auth, rate limit.
 
 In the real server's order: the route (404 for an unknown one), 413 from ``Content-Length`` alone,
-the request's faults (a reset before anything is read), the body, authentication and the workspace
-rate limit (both answered at once, unless a 429 or an error is injected), then the processing: a
-capacity slot waited for in FIFO order, the injected latency spent holding it (408 once the time since
-the request was read, queueing included, passes the server timeout), injected 429s and errors, and
-only then the route itself.
+the request's faults (a reset before anything is read), the body; then, as Unkey's middleware chain
+does (``svc/api/routes/register.go``: validation, then authentication with the workspace rate limit),
+a missing ``Authorization`` header and a body that is not JSON or fails its route's schema (400),
+authentication (400 for a malformed header, 401) and the workspace rate limit (429), all answered at
+once, unless a 429 or an error is injected; then the processing: a capacity slot waited for in FIFO
+order, the injected latency spent holding it (408 once the time since the request was read, queueing
+included, passes the server timeout), injected 429s and errors, and only then the route itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from airflow_provider_unkey import rules
 from airflow_provider_unkey.testing import replies
 from airflow_provider_unkey.testing.capacity import Capacity
 from airflow_provider_unkey.testing.faults import FaultDraw, FaultSource
+from airflow_provider_unkey.testing.production import Production
 from airflow_provider_unkey.testing.replies import (
     ERR_AUTH_MALFORMED,
     ERR_AUTH_MISSING,
@@ -52,8 +55,10 @@ class Pipeline:
         routes: Routes,
         settings: Settings,
         capacity: Capacity,
+        production: Production,
     ) -> None:
         self._store = store
+        self._production = production
         self._capacity = capacity
         self._faults = faults
         self._limiter = limiter
@@ -99,28 +104,31 @@ class Pipeline:
         return reply
 
     def delay_and_route(self, req: Request, route: Route, body: Any, n_keys: int, draw: FaultDraw) -> Reply:
-        """Authenticate and count the request, then process it holding a capacity slot.
+        """Validate, authenticate and count the request, then process it holding a capacity slot.
 
-        Authentication and the workspace rate limit answer at once (400/401/429 take no slot and no
-        latency); a request they let through, and one that gets an injected 429 or error, waits for
-        a slot, spends its latency holding it, and is answered 408 when the server timeout passes
-        first. Every answer to a counted request carries the workspace's quota headers, a 408 too.
+        Validation (a missing ``Authorization`` header, a body the route's schema refuses),
+        authentication and the workspace rate limit answer at once (their 400/401/429 take no slot and
+        no latency), and only a request that passed validation and authentication counts; a request
+        they let through, and one that gets an injected 429 or error, waits for a slot, spends its
+        latency holding it, and is answered 408 when the server timeout passes first. Every answer
+        to a counted request carries the workspace's quota headers, a 408 too.
         """
         quota = None
         root = None
         if draw.storm_retry_after is None and draw.error_status is None:
+            refused = self._missing_authorization(req) or self._routes.refused_body(req, body)
+            if refused is not None:
+                return refused
             authenticated = self._authenticate(req)
             if isinstance(authenticated, Reply):
                 return authenticated
             root = authenticated
-            quota = self._limiter.count(root.workspace_id)
+            now = self._limiter.now()
+            # Production traffic due by now counts first: the limiter sees requests in time order.
+            self._production.advance(now)
+            quota = self._limiter.count(root.workspace_id, now)
             if quota is not None and not quota.allowed:
-                return replies.too_many_requests(
-                    req,
-                    f"The workspace exceeded its rate limit of {quota.limit} requests per "
-                    f"{self._limiter.window:g} s.",
-                    quota,
-                )
+                return replies.too_many_requests(req, self._limiter.detail(quota.limit), quota)
         reply = self._hold_slot(req, route, body, n_keys, draw, root)
         if quota is not None:
             # A limited workspace sees its quota on every answer, whatever the status.
@@ -176,9 +184,8 @@ class Pipeline:
                 fault="rate_limit_storm",
             )
         if draw.error_status == 429:
-            return replies.too_many_requests(
-                req, "Injected fault.", self._limiter.exhausted(1), fault="error"
-            )
+            # Reset and Retry-After as the limiter would report them now: the current window's end.
+            return replies.too_many_requests(req, "Injected fault.", self._limiter.exhausted(), fault="error")
         if draw.error_status is not None:
             error_status = draw.error_status
             return replies.error(
@@ -203,7 +210,9 @@ class Pipeline:
             reply.close = True
         return reply
 
-    def _authenticate(self, req: Request) -> RootKey | Reply:
+    @staticmethod
+    def _missing_authorization(req: Request) -> Reply | None:
+        """The 400 for a missing ``Authorization`` header (Unkey's OpenAPI validation refuses it)."""
         header = req.headers.get("Authorization")
         if header is None or not header.strip():
             return replies.error(
@@ -219,7 +228,11 @@ class Pipeline:
                     }
                 ],
             )
-        header = header.strip()
+        return None
+
+    def _authenticate(self, req: Request) -> RootKey | Reply:
+        """The root key of a request that has an ``Authorization`` header, or its 400/401."""
+        header = req.headers.get("Authorization", "").strip()
         token = header[7:].strip() if header.startswith("Bearer ") else ""
         if not token:
             return replies.error(

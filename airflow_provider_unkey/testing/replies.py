@@ -30,6 +30,11 @@ ERR_RATE_LIMITED: Final = "user/too_many_requests/workspace_rate_limited"
 ERR_UNEXPECTED: Final = "unkey/application/unexpected_error"
 ERR_UNAVAILABLE: Final = "unkey/application/service_unavailable"
 
+#: Unkey's detail of a 404 for an API that is unknown, deleted or another workspace's (its handlers').
+API_NOT_FOUND_DETAIL: Final = "The requested API does not exist or has been deleted."
+#: Unkey's detail of a 404 for a migration id unknown in the root key's workspace.
+MIGRATION_NOT_FOUND_DETAIL: Final = "The requested Migration does not exist or has been deleted."
+
 #: The detail of the real server's 500 after a panic (its recovery middleware's words).
 PANIC_DETAIL: Final = "An unexpected error occurred while processing your request."
 
@@ -145,6 +150,6 @@ def timeout(req: Request, server_timeout: float, fault: str | None) -> Reply:
 
 
 def too_many_requests(req: Request, detail: str, quota: Quota, fault: str | None = None) -> Reply:
-    """429 with the rate-limit headers of ``quota`` and ``Retry-After``."""
-    headers = (*quota.headers(), ("Retry-After", str(quota.reset)))
-    return error(req, 429, detail, ERR_RATE_LIMITED, headers=headers, fault=fault)
+    """429 ``workspace_rate_limited`` with the rate-limit headers of ``quota`` and ``Retry-After`` (none
+    for a quota that is not reported: Unkey's answer to a limit of 0)."""
+    return error(req, 429, detail, ERR_RATE_LIMITED, headers=quota.refusal_headers(), fault=fault)

@@ -1,6 +1,6 @@
 """The emulator's endpoints: ``keys.migrateKeys``, ``keys.verifyKey``, ``apis.getApi`` and ``liveness``.
 
-A route gets an authenticated, rate-counted request with its decoded body (see
+A route gets a schema-valid, authenticated, rate-counted request with its decoded body (see
 :mod:`airflow_provider_unkey.testing.pipeline`) and answers the way the real server does (see
 ``BEHAVIOUR.md`` next to Unkey's OpenAPI spec), validating migration requests with
 :mod:`airflow_provider_unkey.rules`.
@@ -17,10 +17,12 @@ from airflow_provider_unkey import rules
 from airflow_provider_unkey.testing import replies
 from airflow_provider_unkey.testing.faults import FaultSource
 from airflow_provider_unkey.testing.replies import (
+    API_NOT_FOUND_DETAIL,
     ERR_API_NOT_FOUND,
     ERR_INSUFFICIENT_PERMISSIONS,
     ERR_MIGRATION_NOT_FOUND,
     ERR_UNEXPECTED,
+    MIGRATION_NOT_FOUND_DETAIL,
     PANIC_DETAIL,
 )
 from airflow_provider_unkey.testing.schemas import INVALID_JSON, get_api_violations, verify_violations
@@ -57,7 +59,14 @@ def _refused_body(
     return None
 
 
-#: A route: the request, its decoded body (or :data:`~.schemas.INVALID_JSON`) and its root key.
+#: Each route's schema check (Unkey's OpenAPI validation of the request body).
+_SCHEMAS: Final[dict[str, Callable[[Any], list[rules.Violation]]]] = {
+    PATH_MIGRATE: rules.schema_violations,
+    PATH_VERIFY: verify_violations,
+    PATH_GET_API: get_api_violations,
+}
+
+#: A route: the request, its decoded body (valid: :meth:`Routes.refused_body` passed it) and its root key.
 Route = Callable[[Request, Any, RootKey], Reply]
 
 
@@ -77,6 +86,16 @@ class Routes:
         self._settings = settings
 
     @staticmethod
+    def refused_body(req: Request, body: Any) -> Reply | None:
+        """The 400 for a body that is not JSON or fails its route's schema; ``None`` for a good one.
+
+        Unkey's OpenAPI validation runs before authentication, so the pipeline asks this first: such a
+        request is neither authenticated nor counted against the rate limit.
+        """
+        violations_of = _SCHEMAS.get(req.path)
+        return None if violations_of is None else _refused_body(req, body, req.path, violations_of)
+
+    @staticmethod
     def liveness(req: Request) -> Reply:
         """``/v2/liveness``: no authentication, never faulted."""
         return replies.ok(req, {"message": "OK"})
@@ -90,16 +109,14 @@ class Routes:
                 f"The root key needs 'api.*.{action}' or 'api.{api_id}.{action}'.",
                 ERR_INSUFFICIENT_PERMISSIONS,
             )
-        api = self._store.apis.get(api_id)
-        if api is None or api.workspace_id != root.workspace_id:
-            return replies.error(req, 404, f"The API {api_id!r} does not exist.", ERR_API_NOT_FOUND)
+        api = self._store.live_api(api_id, root.workspace_id)
+        if api is None:
+            # Unknown, deleted and another workspace's APIs alike (Unkey masks the last as a 404).
+            return replies.error(req, 404, API_NOT_FOUND_DETAIL, ERR_API_NOT_FOUND)
         return api
 
     def migrate(self, req: Request, body: Any, root: RootKey) -> Reply:
         """``keys.migrateKeys``: all or nothing, hashes that exist anywhere in ``failed``."""
-        refused = _refused_body(req, body, PATH_MIGRATE, rules.schema_violations)
-        if refused is not None:
-            return refused
         api_id: str = body["apiId"]
         migration_id: str = body["migrationId"]
         api = self._api_in_reach(req, root, "create_key", api_id)
@@ -107,9 +124,7 @@ class Routes:
             return api
         migration = self._store.migrations.get(migration_id)
         if migration is None or migration.workspace_id != root.workspace_id:
-            return replies.error(
-                req, 404, f"The migration {migration_id!r} does not exist.", ERR_MIGRATION_NOT_FOUND
-            )
+            return replies.error(req, 404, MIGRATION_NOT_FOUND_DETAIL, ERR_MIGRATION_NOT_FOUND)
         # Every 400 wins over every 500: the server checks each key before it builds any row.
         server = rules.server_violations(body)
         bad = [v for v in server if v.status == 400]
@@ -167,9 +182,6 @@ class Routes:
 
     def verify(self, req: Request, body: Any, root: RootKey) -> Reply:
         """``keys.verifyKey``: by native hash first, then by the seam hash of ``migrationId``."""
-        refused = _refused_body(req, body, PATH_VERIFY, verify_violations)
-        if refused is not None:
-            return refused
         if not root.may_at_all("verify_key"):
             return replies.error(
                 req,
@@ -201,6 +213,10 @@ class Routes:
                             seam_key = candidate
                             break
             if stored is None or stored.workspace_id != root.workspace_id:
+                return replies.ok(req, {"valid": False, "code": "NOT_FOUND"})
+            api = self._store.apis.get(stored.api_id) if stored.api_id is not None else None
+            if api is not None and api.deleted:
+                # The key of a deleted API: not found, before any permission check (Unkey's order).
                 return replies.ok(req, {"valid": False, "code": "NOT_FOUND"})
             if not root.may("verify_key", stored.api_id):
                 return replies.error(
@@ -252,9 +268,6 @@ class Routes:
 
     def get_api(self, req: Request, body: Any, root: RootKey) -> Reply:
         """``apis.getApi``: the API's id and name."""
-        refused = _refused_body(req, body, PATH_GET_API, get_api_violations)
-        if refused is not None:
-            return refused
         api_id: str = body["apiId"]
         api = self._api_in_reach(req, root, "read_api", api_id)
         if isinstance(api, Reply):

@@ -1,17 +1,19 @@
 """The emulator's state: keys, root keys, APIs, migrations, identities, rate-limit windows, the request log.
 
 :class:`Store` holds what Unkey's database would (one lock around everything a request reads or
-commits), :class:`RateLimiter` the workspaces' fixed windows, :class:`RequestLog` every request the
+commits), :class:`RateLimiter` the workspaces' sliding windows, :class:`RequestLog` every request the
 emulator answered. Each has its own lock; none knows about HTTP.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import math
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -208,10 +210,12 @@ class RootKey:
 
 @dataclass(frozen=True, slots=True)
 class Api:
-    """An API (a keyspace) of a workspace."""
+    """An API (a keyspace) of a workspace; a deleted one is soft-deleted, as Unkey's ``apis.deleteApi``
+    does: its keys stay (their hashes still exist), but nothing finds the API or verifies its keys."""
 
     workspace_id: str
     name: str
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +252,20 @@ class Store:
         with self.lock:
             self.apis[api_id] = Api(workspace_id, name or api_id)
 
+    def delete_api(self, api_id: str) -> None:
+        """Soft-delete an API; :raises KeyError: for an unknown one."""
+        with self.lock:
+            api = self.apis[api_id]
+            self.apis[api_id] = dataclasses.replace(api, deleted=True)
+
+    def live_api(self, api_id: str | None, workspace_id: str) -> Api | None:
+        """The API if it exists, is not deleted and is ``workspace_id``'s (Unkey's ``FindLiveApiByID``
+        and its workspace check), else ``None``."""
+        api = self.apis.get(api_id) if api_id is not None else None
+        if api is None or api.deleted or api.workspace_id != workspace_id:
+            return None
+        return api
+
     def add_migration(self, migration_id: str, workspace_id: str, algorithm: str) -> None:
         """Register a migration id; :raises ValueError: for an unknown algorithm."""
         normalised = rules.canonical_algorithm(algorithm)
@@ -278,79 +296,198 @@ class Store:
 
 
 # --- rate limiting -------------------------------------------------------------------------------------
+#: Unkey's workspace limit counts requests per minute (``ApiRequestsCountMaxPerMinute``).
+DEFAULT_RATE_LIMIT_WINDOW: Final = 60.0
+
+#: The detail of Unkey's workspace 429 (``svc/api/internal/middleware/authentication.go``): the limit and
+#: Go's ``time.Duration.String()`` of the window.
+RATE_LIMITED_DETAIL: Final = (
+    "This workspace has exceeded its API rate limit of {limit}/{window}. Please try again later."
+)
+
+
+def window_milliseconds(window: float) -> int:
+    """``window`` seconds as the whole milliseconds Unkey's limiter counts windows in."""
+    return round(window * 1000)
+
+
 def check_rate_limit(limit: int | None, window: float) -> None:
-    """:raises ValueError: for a negative limit or a window that is not positive."""
-    if limit is not None and limit < 0:
-        raise ValueError(f"rate_limit must be >= 0, got {limit!r}")
-    if window <= 0:
-        raise ValueError(f"rate_limit_window must be > 0, got {window!r}")
+    """:raises ValueError: for a negative limit or a window shorter than a millisecond."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"rate_limit must be an integer >= 0 or None, got {limit!r}")
+    if not (isinstance(window, int | float) and math.isfinite(window) and window_milliseconds(window) >= 1):
+        raise ValueError(f"rate_limit_window must be at least 0.001 s, got {window!r}")
+
+
+def go_duration(nanoseconds: int) -> str:
+    """Go's ``time.Duration.String()``: ``1m0s``, ``2s``, ``1.5s``, ``500ms``, ``1h0m0s``.
+
+    :param nanoseconds: the duration (Go's ``Duration`` is an integer count of nanoseconds).
+    """
+    if nanoseconds == 0:
+        return "0s"
+    sign = "-" if nanoseconds < 0 else ""
+    u = abs(nanoseconds)
+
+    def fraction(value: int, precision: int) -> tuple[int, str]:
+        # Go's fmtFrac: the digits after the point without trailing zeros, no point for none.
+        whole, rest = divmod(value, 10**precision)
+        digits = f"{rest:0{precision}d}".rstrip("0") if precision else ""
+        return whole, f".{digits}" if digits else ""
+
+    if u < 1_000_000_000:
+        # Below a second Go switches to the largest unit that keeps an integer part.
+        unit, precision = ("ns", 0) if u < 1_000 else ("µs", 3) if u < 1_000_000 else ("ms", 6)
+        whole, frac = fraction(u, precision)
+        return f"{sign}{whole}{frac}{unit}"
+    seconds, frac = fraction(u, 9)
+    text = f"{seconds % 60}{frac}s"
+    minutes = seconds // 60
+    if minutes:
+        text = f"{minutes % 60}m{text}"
+        if minutes // 60:
+            text = f"{minutes // 60}h{text}"
+    return sign + text
+
+
+def _milliseconds(now: float) -> int:
+    # Go's time.UnixMilli() truncates; rounding to the nanosecond first keeps a fake clock's 59.999
+    # (59998.99999… after the float product) in millisecond 59999.
+    return math.floor(round(now * 1000, 6))
+
+
+def _whole_seconds_until(end_ms: int, now: float) -> int:
+    # int64(time.Until(reset).Seconds()), floored at 0: truncated, so 0 during the window's last second.
+    return max(int(round(end_ms / 1000 - now, 6)), 0)
 
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """A workspace's rate-limit state as one answer reports it."""
+    """A workspace's rate-limit state as one answer reports it.
+
+    :param limit: the workspace's limit.
+    :param remaining: what is left after this request (0 when it was refused).
+    :param reset: whole seconds until the **current window** ends, truncated (0 during its last
+        second; not when capacity comes back, and not a timestamp).
+    :param allowed: whether the request was let through.
+    :param reported: whether the answer carries the headers: Unkey's answer to a limit of 0 carries
+        none.
+    """
 
     limit: int
     remaining: int
-    reset: int  # whole seconds until the window frees capacity (not a timestamp)
+    reset: int
     allowed: bool
+    reported: bool = True
 
     def headers(self) -> tuple[tuple[str, str], ...]:
-        """``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``."""
+        """``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset`` (none when not reported)."""
+        if not self.reported:
+            return ()
         return (
             ("RateLimit-Limit", str(self.limit)),
             ("RateLimit-Remaining", str(self.remaining)),
             ("RateLimit-Reset", str(self.reset)),
         )
 
+    def refusal_headers(self) -> tuple[tuple[str, str], ...]:
+        """The headers of a 429: :meth:`headers` and ``Retry-After``, the same number as the reset."""
+        if not self.reported:
+            return ()
+        return (*self.headers(), ("Retry-After", str(self.reset)))
+
 
 class RateLimiter:
-    """A fixed window of ``limit`` requests per ``window`` seconds for each workspace.
+    """Unkey's workspace rate limiter (``internal/services/ratelimit``): a sliding-window estimate over
+    windows aligned to the epoch of the clock.
 
-    :param clock: monotonic seconds; a test can pass one it advances itself.
+    Window ``n`` covers ``[n * window, (n + 1) * window)``, in whole milliseconds. A request is refused
+    when ``current + floor(previous * (1 - elapsed)) + 1 > limit``, where ``current`` and ``previous``
+    are the requests let through in this window and the one before and ``elapsed`` the share of this
+    window that has passed; refused requests do not count. After a full window at the limit the next
+    window starts with the previous one weighing fully, so capacity comes back gradually.
+
+    A limit of 0 refuses everything before the limiter is asked, counting nothing and reporting no
+    headers, as Unkey does. Counters are kept per workspace and window length, as Unkey keys them, so
+    changing the limit keeps the counts.
+
+    :param limit: requests per window per workspace; ``None`` for no limit.
+    :param window: seconds (Unkey's is 60; a shorter one compresses time for a test or a benchmark).
+    :param clock: Unix seconds (the windows are aligned to its epoch); a test can pass one it advances
+        itself.
     """
 
-    def __init__(self, limit: int | None, window: float, clock: Callable[[], float]) -> None:
+    def __init__(self, limit: int | None, window: float, clock: Callable[[], float] = time.time) -> None:
         check_rate_limit(limit, window)
         self.limit = limit
         self.window = window
+        self._window_ms = window_milliseconds(window)
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[str, list[float]] = {}  # workspace -> [window start, count]
+        # (workspace, window ms) -> {window sequence: requests let through}; only the last two matter.
+        self._counts: dict[tuple[str, int], dict[int, int]] = {}
+
+    def now(self) -> float:
+        """The limiter's clock, now."""
+        return self._clock()
 
     def configure(self, limit: int | None, window: float) -> None:
-        """Set the limit and window (thread-safe); every workspace starts a fresh window."""
+        """Set the limit and window (thread-safe); the counts stay, as Unkey's do when a limit changes."""
         check_rate_limit(limit, window)
         with self._lock:
             self.limit, self.window = limit, window
-            self._windows.clear()
+            self._window_ms = window_milliseconds(window)
 
-    def count(self, workspace_id: str) -> Quota | None:
-        """Count one request against its workspace's window; ``None`` while no limit is set.
+    def detail(self, limit: int) -> str:
+        """The detail of the 429 for ``limit``: ``... rate limit of 60/1m0s. ...``."""
+        return RATE_LIMITED_DETAIL.format(limit=limit, window=go_duration(self._window_ms * 1_000_000))
 
-        A refused request does not count: the window frees capacity at its end either way.
+    def count(self, workspace_id: str, now: float | None = None) -> Quota | None:
+        """Count one request against its workspace's limit; ``None`` while no limit is set.
+
+        :param now: the request's time on the limiter's clock; ``None`` reads the clock.
         """
         if self.limit is None:
             return None
         with self._lock:
-            limit, window = self.limit, self.window
+            limit, window_ms = self.limit, self._window_ms
             if limit is None:
                 return None
-            now = self._clock()
-            current = self._windows.get(workspace_id)
-            # Elapsed time, not the window's end: ``start + window - now`` can round above the window.
-            if current is None or now - current[0] >= window:
-                current = self._windows[workspace_id] = [now, 0.0]
-            allowed = current[1] < limit
+            if limit == 0:
+                # Unkey answers a zero limit before asking its limiter: nothing counted, no headers.
+                return Quota(0, 0, 0, allowed=False, reported=False)
+            t = self._clock() if now is None else now
+            now_ms = _milliseconds(t)
+            sequence = now_ms // window_ms
+            counts = self._counts.setdefault((workspace_id, window_ms), {})
+            current = counts.get(sequence, 0)
+            previous = counts.get(sequence - 1, 0)
+            elapsed = (now_ms - sequence * window_ms) / window_ms
+            # int() truncates like Go's int64(): the previous window's weighted share, floored.
+            effective = current + int(previous * (1.0 - elapsed)) + 1
+            allowed = effective <= limit
             if allowed:
-                current[1] += 1
-            used, left = int(current[1]), window - (now - current[0])
-        return Quota(limit, limit - used, max(1, math.ceil(left)), allowed)
+                counts[sequence] = current + 1
+                for stale in [s for s in counts if s < sequence - 1]:
+                    del counts[stale]
+            reset = _whole_seconds_until((sequence + 1) * window_ms, t)
+        return Quota(limit, max(0, limit - effective) if allowed else 0, reset, allowed)
 
-    def exhausted(self, reset: int) -> Quota:
-        """The quota a 429 fault reports: none left, capacity back in ``reset`` seconds."""
+    def reset(self, now: float | None = None) -> int:
+        """Whole seconds until the current window ends, truncated (what a 429 reports now)."""
+        with self._lock:
+            window_ms = self._window_ms
+        t = self._clock() if now is None else now
+        return _whole_seconds_until((_milliseconds(t) // window_ms + 1) * window_ms, t)
+
+    def exhausted(self, reset: int | None = None) -> Quota:
+        """The quota an injected 429 reports: the configured limit (0 when none), nothing remaining,
+        and ``reset`` seconds, by default the limiter's own: the seconds until the current window ends.
+        """
         limit = self.limit
-        return Quota(0 if limit is None else limit, 0, reset, allowed=False)
+        return Quota(
+            0 if limit is None else limit, 0, self.reset() if reset is None else reset, allowed=False
+        )
 
 
 # --- the request log -----------------------------------------------------------------------------------

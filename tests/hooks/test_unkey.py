@@ -409,7 +409,14 @@ def test_rate_limit_retry_after_is_honoured(emulator: UnkeyEmulator, client: Unk
 
 def test_workspace_rate_limit_headers_reach_the_error() -> None:
     emu = UnkeyEmulator.quick(
-        root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30
+        root_key=ROOT_KEY,
+        api_id=API_ID,
+        migration_id=MIGRATION_ID,
+        rate_limit=1,
+        rate_limit_window=30,
+        # Time stands still at a window's start (windows are aligned to Unix time, and Reset counts to
+        # the window's end): Retry-After is the whole window, 30 s.
+        rate_limit_clock=lambda: 1_800_000_000.0,
     )
     with emu:
         client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=1))
@@ -429,7 +436,14 @@ def test_workspace_rate_limit_headers_reach_the_error() -> None:
 def test_retry_after_longer_than_policy_allows_is_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = install_fake_clock(monkeypatch)
     emu = UnkeyEmulator.quick(
-        root_key=ROOT_KEY, api_id=API_ID, migration_id=MIGRATION_ID, rate_limit=1, rate_limit_window=30
+        root_key=ROOT_KEY,
+        api_id=API_ID,
+        migration_id=MIGRATION_ID,
+        rate_limit=1,
+        rate_limit_window=30,
+        # Time stands still at a window's start (windows are aligned to Unix time, and Reset counts to
+        # the window's end): Retry-After is the whole window, 30 s.
+        rate_limit_clock=lambda: 1_800_000_000.0,
     )
     with emu:
         client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=5, max_retry_after=2))

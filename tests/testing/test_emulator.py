@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import requests
 
 from airflow_provider_unkey import rules
 from airflow_provider_unkey.testing import Faults, UnkeyEmulator, seam_hash, sha256_base64
+from tests.testing.clocks import W0, FakeClock
 
 ROOT = "unkey_root_test"
 AUTH = {"Authorization": f"Bearer {ROOT}"}
@@ -256,28 +256,71 @@ def test_a_root_key_without_create_permission_is_403(
     assert emu.keys == {}
 
 
+API_GONE = "The requested API does not exist or has been deleted."
+MIGRATION_GONE = "The requested Migration does not exist or has been deleted."
+
+
 def test_an_unknown_api_is_404(emu: UnkeyEmulator) -> None:
     r = post(emu, MIGRATE, body(key(1), api_id="api_missing"))
-    assert_error(r, 404, "unkey/data/api_not_found")
+    assert assert_error(r, 404, "unkey/data/api_not_found")["detail"] == API_GONE
 
 
 def test_an_api_of_another_workspace_is_404(emu: UnkeyEmulator) -> None:
     emu.add_api("api_elsewhere", workspace_id="ws_other")
     r = post(emu, MIGRATE, body(key(1), api_id="api_elsewhere"))
-    assert_error(r, 404, "unkey/data/api_not_found")
+    error = assert_error(r, 404, "unkey/data/api_not_found")
+    assert (error["title"], error["detail"]) == ("Not Found", API_GONE)  # masked as unknown
     assert emu.keys == {}
 
 
 def test_an_unknown_migration_is_404_migration_not_found(emu: UnkeyEmulator) -> None:
     r = post(emu, MIGRATE, body(key(1), migration_id="mig_missing"))
     error = assert_error(r, 404, "unkey/data/migration_not_found")
-    assert error["type"].endswith("data/migration_not_found")
+    assert (error["title"], error["detail"]) == ("Not Found", MIGRATION_GONE)
 
 
 def test_a_migration_of_another_workspace_is_404(emu: UnkeyEmulator) -> None:
     emu.add_migration("mig_elsewhere", workspace_id="ws_other")
     r = post(emu, MIGRATE, body(key(1), migration_id="mig_elsewhere"))
-    assert_error(r, 404, "unkey/data/migration_not_found")
+    assert assert_error(r, 404, "unkey/data/migration_not_found")["detail"] == MIGRATION_GONE
+
+
+def test_the_api_is_checked_before_the_migration(emu: UnkeyEmulator) -> None:
+    r = post(emu, MIGRATE, body(key(1), api_id="api_missing", migration_id="mig_missing"))
+    assert assert_error(r, 404, "unkey/data/api_not_found")["detail"] == API_GONE
+
+
+def test_a_deleted_api(emu: UnkeyEmulator) -> None:
+    migrated = migrate(emu, key(1)).json()["data"]["migrated"]
+    assert verify(emu, plaintext(1))["code"] == "VALID"
+    emu.delete_api("api_test")
+    # migrateKeys and getApi: 404, worded as for an unknown API (Unkey's FindLiveApiByID skips it).
+    gone = migrate(emu, key(2))
+    assert assert_error(gone, 404, "unkey/data/api_not_found")["detail"] == API_GONE
+    got = post(emu, GET_API, {"apiId": "api_test"})
+    assert assert_error(got, 404, "unkey/data/api_not_found")["detail"] == API_GONE
+    # verifyKey: its keys are not found (200), before any permission check...
+    assert verify(emu, plaintext(1)) == {"valid": False, "code": "NOT_FOUND"}
+    emu.add_root_key("unkey_root_other_api", permissions=("api.api_other.verify_key",))
+    r = post(emu, VERIFY, {"key": plaintext(1)}, headers={"Authorization": "Bearer unkey_root_other_api"})
+    assert r.json()["data"] == {"valid": False, "code": "NOT_FOUND"}
+    # ...and stay stored: their hashes still exist, so migrating one elsewhere lands in failed.
+    assert emu.keys[key(1)["hash"]].key_id == migrated[0]["keyId"]
+    emu.add_api("api_new")
+    again = post(emu, MIGRATE, body(key(1), api_id="api_new"))
+    assert again.json()["data"] == {"migrated": [], "failed": [key(1)["hash"]]}
+    emu.delete_api("api_test")  # deleting twice changes nothing
+    with pytest.raises(KeyError):
+        emu.delete_api("api_never_added")
+
+
+def test_a_deleted_api_leaves_a_seam_key_where_it_was(make_emulator: Callable[..., UnkeyEmulator]) -> None:
+    emu = make_emulator(algorithm="seam")
+    secret = "pre_short_longtoken"
+    migrate(emu, {"hash": seam_hash(secret)})
+    emu.delete_api("api_test")
+    assert verify(emu, secret) == {"valid": False, "code": "NOT_FOUND"}
+    assert list(emu.keys) == [seam_hash(secret)]  # the rehash of the VALID verification never came
 
 
 # --- 408 / 413 / 429 / 500 -----------------------------------------------------------------------------
@@ -330,20 +373,8 @@ def test_a_small_chunked_body_is_read(emu: UnkeyEmulator) -> None:
     assert r.status_code == 200 and len(r.json()["data"]["migrated"]) == 1
 
 
-class FakeClock:
-    """The rate limiter's clock, moved by the test: windows end when the test says, not with time."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 QUOTA_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+RATE_LIMITED = "This workspace has exceeded its API rate limit of {}. Please try again later."
 
 
 def quota(r: requests.Response) -> tuple[str, str, str] | None:
@@ -355,15 +386,22 @@ def quota(r: requests.Response) -> tuple[str, str, str] | None:
     return r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"], r.headers["RateLimit-Reset"]
 
 
-def assert_limited(r: requests.Response, limit: int, reset: int) -> None:
-    """A 429 with every rate-limit header: nothing remaining, ``Retry-After`` = ``RateLimit-Reset``."""
-    assert_error(r, 429, "user/too_many_requests/workspace_rate_limited")
+def assert_limited(r: requests.Response, limit: int, reset: int, window: str = "1m0s") -> None:
+    """The limiter's 429: every rate-limit header, nothing remaining, ``Retry-After`` = ``RateLimit-Reset``,
+    Unkey's detail."""
+    error = assert_error(r, 429, "user/too_many_requests/workspace_rate_limited")
+    assert (error["title"], error["detail"]) == (
+        "Too Many Requests",
+        RATE_LIMITED.format(f"{limit}/{window}"),
+    )
     assert quota(r) == (str(limit), "0", str(reset))
     assert r.headers["Retry-After"] == str(reset)
 
 
-def test_the_workspace_rate_limit_is_429_then_recovers(make_emulator: Callable[..., UnkeyEmulator]) -> None:
-    clock = FakeClock()
+def test_the_workspace_rate_limit_is_429_then_recovers_gradually(
+    make_emulator: Callable[..., UnkeyEmulator],
+) -> None:
+    clock = FakeClock()  # on a window's edge: windows are aligned to Unix time
     emu = make_emulator(rate_limit=2, rate_limit_window=60, rate_limit_clock=clock)
     emu.add_root_key("unkey_root_same_ws")  # same workspace: shares the limit
     emu.add_root_key("unkey_root_other_ws", workspace_id="ws_other")
@@ -374,9 +412,9 @@ def test_the_workspace_rate_limit_is_429_then_recovers(make_emulator: Callable[.
     assert "Retry-After" not in first.headers
     clock.advance(10.5)
     second = migrate(emu, key(2), headers={"Authorization": "Bearer unkey_root_same_ws"})
-    assert second.status_code == 200 and quota(second) == ("2", "0", "50")  # ceil(49.5)
-    # Whole seconds until the window frees capacity, not a timestamp (the clock reads 1,000,010.5).
-    assert_limited(migrate(emu, key(3)), limit=2, reset=50)
+    # Whole seconds to the window's end, truncated (49.5 s left), not a timestamp.
+    assert second.status_code == 200 and quota(second) == ("2", "0", "49")
+    assert_limited(migrate(emu, key(3)), limit=2, reset=49)
     assert key(3)["hash"] not in emu.keys
     other = post(
         emu,
@@ -384,24 +422,29 @@ def test_the_workspace_rate_limit_is_429_then_recovers(make_emulator: Callable[.
         body(key(4), api_id="api_other_ws", migration_id="mig_other_ws"),
         headers={"Authorization": "Bearer unkey_root_other_ws"},
     )
-    assert other.status_code == 200  # another workspace has its own window
-    assert quota(other) == ("2", "1", "60")
-    clock.advance(49.1)
-    assert_limited(migrate(emu, key(3)), limit=2, reset=1)  # ceil(0.4): never 0 while limited
-    clock.advance(0.4)  # the window has ended
+    assert other.status_code == 200  # another workspace has its own count
+    assert quota(other) == ("2", "1", "49")
+    clock.now = W0 + 59.5
+    assert_limited(migrate(emu, key(3)), limit=2, reset=0)  # the window's last second: 0
+    clock.now = W0 + 60.0
+    assert_limited(migrate(emu, key(3)), limit=2, reset=60)  # the full previous window still weighs
+    clock.now = W0 + 90.0  # half-way: floor(2 * 0.5) = 1, so one request fits
     recovered = migrate(emu, key(3))
-    assert recovered.status_code == 200 and quota(recovered) == ("2", "1", "60")
+    assert recovered.status_code == 200 and quota(recovered) == ("2", "0", "30")
+    assert_limited(post(emu, VERIFY, {"key": plaintext(1)}), limit=2, reset=30)
 
 
-@pytest.mark.parametrize("start", [641.3892925470899, 16113.91567338527])
-def test_the_reset_of_a_fresh_window_is_the_window(
-    make_emulator: Callable[..., UnkeyEmulator], start: float
-) -> None:
-    # Clock readings where start + 600 - start rounds above 600: the reset must still be 600.
-    assert math.ceil(start + 600 - start) == 601
-    emu = make_emulator(rate_limit=1, rate_limit_window=600, rate_limit_clock=FakeClock(start))
-    assert quota(migrate(emu, key(1))) == ("1", "0", "600")
-    assert_limited(migrate(emu, key(2)), limit=1, reset=600)
+def test_a_limit_of_zero_is_429_without_headers(make_emulator: Callable[..., UnkeyEmulator]) -> None:
+    emu = make_emulator(rate_limit=0)
+    for r in (
+        migrate(emu, key(1)),
+        post(emu, VERIFY, {"key": "k"}),
+        post(emu, GET_API, {"apiId": "api_test"}),
+    ):
+        error = assert_error(r, 429, "user/too_many_requests/workspace_rate_limited")
+        assert error["detail"] == RATE_LIMITED.format("0/1m0s")
+        assert quota(r) is None and "Retry-After" not in r.headers
+    assert emu.keys == {}
 
 
 def _weak_root(emu: UnkeyEmulator) -> dict[str, str]:
@@ -409,14 +452,13 @@ def _weak_root(emu: UnkeyEmulator) -> dict[str, str]:
     return {"Authorization": "Bearer unkey_root_powerless"}
 
 
-#: One request per route and answer a client can get once authenticated: (name, status, send).
+#: One request per route and answer a client can get once its request passed validation and
+#: authentication (it counts against the limit): (name, status, send).
 AUTHENTICATED_ANSWERS: list[tuple[str, int, Callable[[UnkeyEmulator], requests.Response]]] = [
     ("migrate 200", 200, lambda emu: migrate(emu, key(1))),
     ("migrate 200 all failed", 200, lambda emu: migrate(emu, key(1))),
-    ("migrate 400 schema", 400, lambda emu: migrate(emu, key(2, prefix="sk"))),
-    ("migrate 400 json", 400, lambda emu: post(emu, MIGRATE, b"{")),
     (
-        "migrate 400 refill",
+        "migrate 400 refill",  # the handler's own check, after the limiter
         400,
         lambda emu: migrate(
             emu, key(2, credits={"remaining": 1, "refill": {"interval": "monthly", "amount": 1}})
@@ -434,17 +476,15 @@ AUTHENTICATED_ANSWERS: list[tuple[str, int, Callable[[UnkeyEmulator], requests.R
         200,
         lambda emu: post(emu, VERIFY, {"key": "sk_nope", "migrationId": "mig_nope"}),
     ),
-    ("verify 400", 400, lambda emu: post(emu, VERIFY, {"key": ""})),
     ("verify 403", 403, lambda emu: post(emu, VERIFY, {"key": plaintext(1)}, headers=_weak_root(emu))),
     ("getApi 200", 200, lambda emu: post(emu, GET_API, {"apiId": "api_test"})),
-    ("getApi 400", 400, lambda emu: post(emu, GET_API, {"apiId": "x"})),
     ("getApi 403", 403, lambda emu: post(emu, GET_API, {"apiId": "api_test"}, headers=_weak_root(emu))),
     ("getApi 404", 404, lambda emu: post(emu, GET_API, {"apiId": "api_missing"})),
 ]
 
 
 @pytest.mark.parametrize("limit", [None, 100])
-def test_every_authenticated_answer_carries_the_quota_while_the_limit_is_on(
+def test_every_counted_answer_carries_the_quota_while_the_limit_is_on(
     make_emulator: Callable[..., UnkeyEmulator], limit: int | None
 ) -> None:
     clock = FakeClock()
@@ -457,79 +497,100 @@ def test_every_authenticated_answer_carries_the_quota_while_the_limit_is_on(
         if limit is None:
             assert quota(r) is None, name
         else:
-            # The window opened with the first request: n seconds ago, n units used.
-            assert quota(r) == (str(limit), str(limit - n), str(60 - (n - 1))), name
+            # One unit each, in the window that began at W0: n used, n seconds into it.
+            assert quota(r) == (str(limit), str(limit - n), str(60 - n)), name
 
 
-def test_unauthenticated_answers_carry_no_quota_and_cost_nothing(
+def test_answers_before_the_limiter_carry_no_quota_and_cost_nothing(
     make_emulator: Callable[..., UnkeyEmulator],
 ) -> None:
     clock = FakeClock()
     emu = make_emulator(rate_limit=5, rate_limit_window=60, rate_limit_clock=clock)
     answers = [
         migrate(emu, key(1), headers={}),  # 400: no Authorization
+        # Unkey validates the body against its OpenAPI spec before it authenticates.
+        migrate(emu, key(2, prefix="sk")),  # 400: the schema
+        post(emu, MIGRATE, b"{"),  # 400: not JSON
+        post(emu, VERIFY, {"key": ""}),  # 400: the schema
+        post(emu, GET_API, {"apiId": "x"}),  # 400: the schema
+        migrate(emu, key(2, prefix="sk"), headers={"Authorization": "Bearer nope"}),  # 400 before 401
         migrate(emu, key(1), headers={"Authorization": "Basic x"}),  # 400: malformed
         migrate(emu, key(1), headers={"Authorization": "Bearer nope"}),  # 401
         post(emu, MIGRATE, b" " * (rules.MAX_BODY_BYTES + 1)),  # 413: never read
         requests.get(f"{emu.url}/v2/liveness", timeout=10),
         post(emu, "/v2/keys.nope", {}),  # 404 route
     ]
-    assert [r.status_code for r in answers] == [400, 400, 401, 413, 200, 404]
+    assert [r.status_code for r in answers] == [400, 400, 400, 400, 400, 400, 400, 401, 413, 200, 404]
+    assert [r.json()["error"]["type"].rsplit("/", 1)[-1] for r in answers[:6]] == [
+        "missing",
+        *["invalid_input"] * 5,
+    ]
     assert all(quota(r) is None for r in answers)
     first = migrate(emu, key(1))
-    assert quota(first) == ("5", "4", "60")  # the first request of the window
+    assert quota(first) == ("5", "4", "60")  # the first request counted
 
 
 def test_set_rate_limit_switches_the_limit_while_running(make_emulator: Callable[..., UnkeyEmulator]) -> None:
     clock = FakeClock()
     emu = make_emulator(rate_limit_clock=clock)
     with requests.Session() as session:
-        assert quota(migrate(emu, key(1), session=session)) is None
+        assert quota(migrate(emu, key(1), session=session)) is None  # no limit: nothing counted
         emu.set_rate_limit(1, window=30)
         assert (emu.rate_limit, emu.rate_limit_window) == (1, 30)
         on = migrate(emu, key(2), session=session)
         assert on.status_code == 200 and quota(on) == ("1", "0", "30")
-        assert_limited(migrate(emu, key(3), session=session), limit=1, reset=30)
-        emu.set_rate_limit(3)  # a fresh window; the window length stays
+        assert_limited(migrate(emu, key(3), session=session), limit=1, reset=30, window="30s")
+        emu.set_rate_limit(3)  # a new limit: what was counted stays counted (the 429 was not)
         again = migrate(emu, key(3), session=session)
-        assert again.status_code == 200 and quota(again) == ("3", "2", "30")
+        assert again.status_code == 200 and quota(again) == ("3", "1", "30")
         emu.set_rate_limit(None)
         off = migrate(emu, key(4), session=session)
         assert off.status_code == 200 and quota(off) is None
         emu.set_rate_limit(0)
-        assert_limited(migrate(emu, key(5), session=session), limit=0, reset=30)
+        zero = migrate(emu, key(5), session=session)
+        assert zero.status_code == 429 and quota(zero) is None
+        emu.rate_limit = 4  # the property is the same switch
+        emu.rate_limit_window = 2
+        assert (emu.rate_limit, emu.rate_limit_window) == (4, 2)
+        short = migrate(emu, key(5), session=session)  # a new window length counts afresh
+        assert short.status_code == 200 and quota(short) == ("4", "3", "2")
     with pytest.raises(ValueError, match="rate_limit"):
         emu.set_rate_limit(-1)
     with pytest.raises(ValueError, match="rate_limit_window"):
         emu.set_rate_limit(1, window=0)
-    assert (emu.rate_limit, emu.rate_limit_window) == (0, 30)
+    assert (emu.rate_limit, emu.rate_limit_window) == (4, 2)
 
 
 @pytest.mark.parametrize("limit", [None, 7])
 def test_every_injected_429_carries_every_rate_limit_header(
     make_emulator: Callable[..., UnkeyEmulator], limit: int | None
 ) -> None:
-    emu = make_emulator(rate_limit=limit)
-    reported = 0 if limit is None else limit
+    clock = FakeClock(W0 + 12.25)
+    emu = make_emulator(rate_limit=limit, rate_limit_clock=clock)
+    reported = str(0 if limit is None else limit)
     emu.set_faults(rate_limit_storm=1, storm_retry_after=4)
-    assert_limited(migrate(emu, key(1)), limit=reported, reset=4)
+    storm = migrate(emu, key(1))
+    assert_error(storm, 429, "user/too_many_requests/workspace_rate_limited")
+    assert quota(storm) == (reported, "0", "4") and storm.headers["Retry-After"] == "4"
     emu.set_faults(error_rate=1.0, error_statuses=(429,))
-    assert_limited(post(emu, GET_API, {"apiId": "api_test"}), limit=reported, reset=1)
+    # As the limiter would answer now: the whole seconds to the current window's end (47.75 s).
+    injected = post(emu, GET_API, {"apiId": "api_test"})
+    assert_error(injected, 429, "user/too_many_requests/workspace_rate_limited")
+    assert quota(injected) == (reported, "0", "47") and injected.headers["Retry-After"] == "47"
     emu.set_faults(error_statuses=(503,))
     injected = migrate(emu, key(1))
     assert injected.status_code == 503 and quota(injected) is None and "Retry-After" not in injected.headers
 
 
-@pytest.mark.unkey_emulator(rate_limit=1, rate_limit_window=600)
+MARKER_CLOCK = FakeClock(W0 + 1.0)
+
+
+@pytest.mark.unkey_emulator(rate_limit=1, rate_limit_window=600, rate_limit_clock=MARKER_CLOCK)
 def test_the_fixture_switches_the_rate_limit_on_from_its_marker(unkey_emulator: UnkeyEmulator) -> None:
     assert (unkey_emulator.rate_limit, unkey_emulator.rate_limit_window) == (1, 600)
     ok = migrate(unkey_emulator, key(1))
-    assert ok.status_code == 200
-    limit, remaining, reset = quota(ok) or ("", "", "")
-    assert (limit, remaining) == ("1", "0") and 1 <= int(reset) <= 600
-    limited = migrate(unkey_emulator, key(2))
-    assert_limited(limited, limit=1, reset=int(limited.headers["RateLimit-Reset"]))
-    assert 1 <= int(limited.headers["Retry-After"]) <= 600
+    assert ok.status_code == 200 and quota(ok) == ("1", "0", "599")
+    assert_limited(migrate(unkey_emulator, key(2)), limit=1, reset=599, window="10m0s")
 
 
 def test_the_fixture_has_no_rate_limit_by_default(unkey_emulator: UnkeyEmulator) -> None:
@@ -541,7 +602,7 @@ def test_the_fixture_has_no_rate_limit_by_default(unkey_emulator: UnkeyEmulator)
 def test_unauthenticated_requests_do_not_count_against_the_limit(
     make_emulator: Callable[..., UnkeyEmulator],
 ) -> None:
-    emu = make_emulator(rate_limit=1, rate_limit_window=30)
+    emu = make_emulator(rate_limit=1, rate_limit_window=30, rate_limit_clock=FakeClock())
     for _ in range(3):
         assert migrate(emu, key(1), headers={"Authorization": "Bearer nope"}).status_code == 401
     assert migrate(emu, key(1)).status_code == 200

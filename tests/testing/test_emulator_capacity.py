@@ -17,6 +17,7 @@ import requests
 from airflow_provider_unkey.testing import Faults, RequestRecord, UnkeyEmulator, sha256_base64
 from airflow_provider_unkey.testing.__main__ import build_parser, main
 from airflow_provider_unkey.testing.capacity import Capacity, check_capacity, percentile
+from tests.testing.clocks import FakeClock
 
 AUTH = {"Authorization": "Bearer unkey_root_test"}
 MIGRATE = "/v2/keys.migrateKeys"
@@ -201,7 +202,7 @@ def test_raising_the_capacity_lets_the_queue_in(make_emulator: Callable[..., Unk
 def test_a_request_queued_past_the_server_timeout_is_408_with_nothing_committed(
     make_emulator: Callable[..., UnkeyEmulator],
 ) -> None:
-    emu = make_emulator(capacity=1, server_timeout=0.2, rate_limit=100)
+    emu = make_emulator(capacity=1, server_timeout=0.2, rate_limit=100, rate_limit_clock=FakeClock())
     # The first request to reach its route holds the only slot until the two others have timed out
     # in the queue.
     gate = RouteGate(emu, until=lambda: emu.stats().queue_timeouts == 2)
@@ -256,7 +257,7 @@ def test_queueing_and_latency_past_the_timeout_408_and_commit_nothing(
 
 # --- rate-limit headers on queued answers ---------------------------------------------------------------
 def test_queued_answers_carry_the_rate_limit_headers(make_emulator: Callable[..., UnkeyEmulator]) -> None:
-    emu = make_emulator(capacity=1, rate_limit=10, rate_limit_window=60)
+    emu = make_emulator(capacity=1, rate_limit=10, rate_limit_window=60, rate_limit_clock=FakeClock())
     gate = RouteGate(emu, until=lambda: emu.load.queued == 2)
     answers = concurrently(emu, [[key(1)], [key(2)], [key(3)]])
     assert gate.reached.is_set()
@@ -268,7 +269,7 @@ def test_queued_answers_carry_the_rate_limit_headers(make_emulator: Callable[...
 
 # --- stats ----------------------------------------------------------------------------------------------
 def test_stats_count_statuses_429s_and_408s(make_emulator: Callable[..., UnkeyEmulator]) -> None:
-    emu = make_emulator(rate_limit=2, server_timeout=0.5)
+    emu = make_emulator(rate_limit=2, server_timeout=0.5, rate_limit_clock=FakeClock())
     assert migrate(emu, key(1)).status_code == 200
     emu.set_faults(latency=5.0)
     assert migrate(emu, key(2)).status_code == 408  # the latency outlives the timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -147,8 +148,9 @@ def test_the_cli_takes_its_options(cli_factory: list[Cli]) -> None:
         taken,
         "--rate-limit",
         "2",
+        # A day: the windows are aligned to Unix time, and the few requests below stay in one of them.
         "--rate-limit-window",
-        "30",
+        "86400",
         "--storm-retry-after",
         "3",
         "--rate-limit-storm",
@@ -169,18 +171,52 @@ def test_the_cli_takes_its_options(cli_factory: list[Cli]) -> None:
         f"{url}/v2/keys.verifyKey", json={"key": "a_b_c", "migrationId": "mig_cli"}, headers=auth, timeout=10
     )
     assert verified.json()["data"]["code"] == "VALID"  # the migration's algorithm is seam
-    # --rate-limit 2 --rate-limit-window 30: every answer carries the quota, in whole seconds.
+    # --rate-limit 2 --rate-limit-window 86400: every answer carries the quota, in whole seconds to
+    # the window's end (UTC midnight).
     (limit, remaining, reset), (_, remaining_after, reset_after) = quota(r), quota(verified)
     assert (limit, remaining, remaining_after) == ("2", "1", "0")
-    assert 1 <= reset_after <= reset <= 30
+    assert 0 <= reset_after <= reset < 86400
     assert "Retry-After" not in r.headers and "Retry-After" not in verified.headers
-    limited = requests.post(f"{url}/v2/apis.getApi", json={"apiId": "api_cli"}, headers=auth, timeout=10)
+    limited = requests.post(
+        f"{url}/v2/keys.verifyKey", json={"key": "a_b_c", "migrationId": "mig_cli"}, headers=auth, timeout=10
+    )
     assert limited.status_code == 429
+    assert limited.json()["error"]["detail"] == (
+        "This workspace has exceeded its API rate limit of 2/24h0m0s. Please try again later."
+    )
     limit, remaining, reset = quota(limited)
-    assert (limit, remaining) == ("2", "0") and 1 <= reset <= reset_after
+    assert (limit, remaining) == ("2", "0") and 0 <= reset <= reset_after
     assert limited.headers["Retry-After"] == str(reset)
     assert cli.finish() == 0
     assert ROOT not in cli.output
+
+
+def test_the_cli_runs_production_traffic(cli_factory: list[Cli]) -> None:
+    cli, url = start(
+        cli_factory,
+        "--rate-limit",
+        "100",
+        "--rate-limit-window",
+        "86400",
+        "--production-rate",
+        "60",
+        "--production-burst",
+        "120:1:5",
+    )
+    body = {"migrationId": "mig_cli", "apiId": "api_cli", "keys": [{"hash": sha256_base64("sk_1")}]}
+    r = requests.post(
+        f"{url}/v2/keys.migrateKeys", json=body, headers={"Authorization": f"Bearer {ROOT}"}, timeout=10
+    )
+    assert r.status_code == 200
+    # Production's first request went out when the emulator was made: the workspace's count holds it.
+    assert int(quota(r)[1]) <= 98
+    assert cli.finish() == 0
+    (line,) = [line for line in cli.stderr if line.startswith("Unkey emulator stopped:")]
+    found = re.search(r"production: (\d+) sent, (\d+) accepted, (\d+) refused \(429\), (\d+) of them", line)
+    assert found is not None, line
+    sent, accepted, refused, in_bursts = map(int, found.groups())
+    assert sent >= 1 and sent == accepted + refused and in_bursts <= refused
+    assert "1 requests" in line  # the HTTP clients' own count
 
 
 def test_the_cli_rejects_bad_options(cli_factory: list[Cli]) -> None:
@@ -194,6 +230,17 @@ def test_the_cli_rejects_bad_options(cli_factory: list[Cli]) -> None:
     cli_factory.append(negative)
     assert negative.finish(sig=None) == 2
     assert "rate_limit" in negative.output and ROOT not in negative.output
+    for bad in (["--production-burst", "54:30"], ["--production-burst", "54:300:30"]):
+        burst = Cli("--root-key", ROOT, "--api-id", "api_cli", "--migration-id", "mig_cli", *bad)
+        cli_factory.append(burst)
+        assert burst.finish(sig=None) == 2
+        assert "--production-burst" in burst.output and ROOT not in burst.output
+    rate = Cli(
+        "--root-key", ROOT, "--api-id", "api_cli", "--migration-id", "mig_cli", "--production-rate", "-1"
+    )
+    cli_factory.append(rate)
+    assert rate.finish(sig=None) == 2
+    assert "per_minute" in rate.output and ROOT not in rate.output
     missing = Cli("--api-id", "api_cli", "--migration-id", "mig_cli")
     cli_factory.append(missing)
     assert missing.finish(sig=None) == 2

@@ -15,6 +15,7 @@ import requests
 from airflow_provider_unkey import rules
 from airflow_provider_unkey.testing import UnkeyEmulator, seam_hash, sha256_base64
 from tests.spec import assert_valid_request, assert_valid_response, response_schema_name, schema_errors
+from tests.testing.clocks import W0, FakeClock
 
 ROOT = "unkey_root_test"
 AUTH = {"Authorization": f"Bearer {ROOT}"}
@@ -22,6 +23,7 @@ MIGRATE = "/v2/keys.migrateKeys"
 VERIFY = "/v2/keys.verifyKey"
 GET_API = "/v2/apis.getApi"
 LIVENESS = "/v2/liveness"
+RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
 
 #: The spec's envelope for statuses an endpoint does not declare.
 FALLBACK_SCHEMAS = {
@@ -121,6 +123,10 @@ def rate_limit(limit: int) -> Step:
     return lambda emu: emu.set_rate_limit(limit)
 
 
+def delete_api(emu: UnkeyEmulator) -> None:
+    emu.delete_api("api_test")
+
+
 def add_seam_migration(emu: UnkeyEmulator) -> None:
     emu.add_migration("mig_seam", algorithm="seam")
 
@@ -147,6 +153,7 @@ SCENARIOS: dict[str, tuple[str, int, Scenario]] = {
     "migrate 403": (MIGRATE, 403, steps(migrate(key(1), headers=POWERLESS))),
     "migrate 404 api": (MIGRATE, 404, steps(migrate(key(1), api_id="api_elsewhere"))),
     "migrate 404 migration": (MIGRATE, 404, steps(migrate(key(1), migration_id="mig_nope"))),
+    "migrate 404 deleted api": (MIGRATE, 404, steps(delete_api, migrate(key(1)))),
     "migrate 408": (MIGRATE, 408, steps(faults(latency=0.5), migrate(key(1)))),
     "migrate 413": (MIGRATE, 413, steps(send(MIGRATE, b" " * (rules.MAX_BODY_BYTES + 1)))),
     "migrate 429": (MIGRATE, 429, steps(rate_limit(0), migrate(key(1)))),
@@ -207,12 +214,18 @@ SCENARIOS: dict[str, tuple[str, int, Scenario]] = {
         200,
         steps(add_seam_migration, MIGRATE_SEAM, VERIFY_SEAM, MIGRATE_SEAM, VERIFY_SEAM),
     ),
+    "verify 200 deleted api": (
+        VERIFY,
+        200,
+        steps(migrate(key(1)), delete_api, send(VERIFY, {"key": "sk_1"})),
+    ),
     "verify 429": (VERIFY, 429, steps(rate_limit(0), send(VERIFY, {"key": "k"}))),
     "getApi 200": (GET_API, 200, steps(send(GET_API, {"apiId": "api_test"}))),
     "getApi 400": (GET_API, 400, steps(send(GET_API, {"apiId": "x"}))),
     "getApi 401": (GET_API, 401, steps(send(GET_API, {"apiId": "api_test"}, UNKNOWN))),
     "getApi 403": (GET_API, 403, steps(send(GET_API, {"apiId": "api_test"}, POWERLESS))),
     "getApi 404": (GET_API, 404, steps(send(GET_API, {"apiId": "api_elsewhere"}))),
+    "getApi 404 deleted": (GET_API, 404, steps(delete_api, send(GET_API, {"apiId": "api_test"}))),
     "getApi 429": (GET_API, 429, steps(rate_limit(0), send(GET_API, {"apiId": "api_test"}))),
     "getApi 503 injected": (
         GET_API,
@@ -232,6 +245,30 @@ def test_every_response_validates_against_the_spec(emu: UnkeyEmulator, name: str
         assert r.headers["Content-Type"] == "application/json"
     else:
         assert r.headers["Content-Type"] == "application/problem+json"  # requests sends Accept: */*
+    assert_contract(path, r)
+
+
+@pytest.mark.parametrize(("path", "payload"), [(MIGRATE, migrate_body(key(2))), (VERIFY, {"key": "sk_1"})])
+def test_the_rate_limiters_429_is_unkeys(path: str, payload: dict[str, Any]) -> None:
+    clock = FakeClock(W0 + 20.5)
+    with UnkeyEmulator.quick(rate_limit=1, rate_limit_clock=clock) as emu:
+        assert _post(emu, MIGRATE, migrate_body(key(1))).status_code == 200
+        r = _post(emu, path, payload)
+    assert r.status_code == 429
+    assert r.headers["Content-Type"] == "application/problem+json"
+    assert {name: r.headers.get(name) for name in RATE_HEADERS} == {
+        "RateLimit-Limit": "1",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": "39",  # 39.5 s to the window's end, truncated
+        "Retry-After": "39",
+    }
+    error = r.json()["error"]
+    assert error == {
+        "title": "Too Many Requests",
+        "detail": "This workspace has exceeded its API rate limit of 1/1m0s. Please try again later.",
+        "status": 429,
+        "type": "https://unkey.com/docs/errors/user/too_many_requests/workspace_rate_limited",
+    }
     assert_contract(path, r)
 
 
