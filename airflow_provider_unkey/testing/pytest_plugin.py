@@ -27,8 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "unkey_emulator(**kwargs): keyword arguments of UnkeyEmulator.quick() for the unkey_emulator "
-        "fixture, e.g. rate_limit=100, rate_limit_window=60, algorithm='seam', faults=Faults(...), "
-        "capacity=8, server_timeout=60",
+        "fixture, e.g. rate_limit=100, rate_limit_window=60, rate_limit_clock=<fake clock>, "
+        "production_per_minute=20, production_burst=ProductionBurst(...), algorithm='seam', "
+        "faults=Faults(...), capacity=8, server_timeout=60",
     )
 
 
@@ -37,17 +38,28 @@ def unkey_emulator(request: pytest.FixtureRequest) -> Iterator[UnkeyEmulator]:
     """A running :class:`~airflow_provider_unkey.testing.UnkeyEmulator`, stopped after the test.
 
     Root key ``unkey_root_test`` (create, verify and read permissions on every API) of workspace
-    ``ws_default``, API ``api_test`` and migration ``mig_test`` (``sha256``), no rate limit. Use
-    ``.url`` as the base URL; configure more (faults, other workspaces, ``set_rate_limit``) on the
+    ``ws_default``, API ``api_test`` and migration ``mig_test`` (``sha256``), no rate limit, no
+    production traffic. Use ``.url`` as the base URL; configure more (faults, other workspaces,
+    ``set_rate_limit``, ``set_production_traffic``, ``surge_production``, ``delete_api``) on the
     fixture's value, or from the start with the marker, whose keyword arguments go to
     :meth:`UnkeyEmulator.quick`::
 
+        # Unkey's sliding-window limit: 100 requests a minute, windows aligned to Unix time.
         @pytest.mark.unkey_emulator(rate_limit=100, rate_limit_window=60)
         def test_something(unkey_emulator): ...
+
+        # The workspace's own services verify 20 keys a minute against the same limit meanwhile;
+        # unkey_emulator.production counts what they sent and what was refused.
+        @pytest.mark.unkey_emulator(rate_limit=60, production_per_minute=20)
+        def test_production_keeps_working(unkey_emulator): ...
 
         # A saturated server: 8 requests processed at once, 50 ms each, the rest queued.
         @pytest.mark.unkey_emulator(capacity=8, faults=Faults(latency=0.05))
         def test_under_load(unkey_emulator): ...
+
+    The rate limiter's windows follow the wall clock (``time.time``); pass
+    ``rate_limit_clock=<a callable you advance>`` for exact numbers at a window's edges, and run
+    production to a time with :meth:`UnkeyEmulator.advance_production`.
     """
     from airflow_provider_unkey.testing.emulator import UnkeyEmulator
 
