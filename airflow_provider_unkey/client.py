@@ -27,7 +27,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
     stop_before_delay,
 )
 
@@ -46,6 +45,7 @@ from airflow_provider_unkey.retries import (
     Attempt,
     RateLimitState,
     RetryPolicy,
+    _AttemptsSpent,
     _parse_retry_after,
     _Wait,
     may_have_been_sent,
@@ -501,7 +501,8 @@ class UnkeyClient:
                 self.on_retry(state.attempt_number, exc, wait)
 
         retrying = Retrying(
-            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_elapsed),
+            # A 429 does not use up an attempt: only the time bounds the waits for the rate limit.
+            stop=_AttemptsSpent(policy.max_attempts) | stop_before_delay(policy.max_elapsed),
             wait=_Wait(policy),
             retry=retry_if_exception(policy.is_retryable),
             before_sleep=before_sleep,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import requests
 import urllib3.exceptions
 from tenacity import RetryCallState, wait_exponential, wait_random
+from tenacity.stop import stop_base
 
 from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyTransportError
 
@@ -30,10 +31,12 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 class RetryPolicy:
     """When and how long to retry a request.
 
-    Retried: 429 (after ``Retry-After`` or ``RateLimit-Reset``), 408, 5xx, connection errors and
-    timeouts. Never retried: 400, 401, 403, 404, 413 and any other 4xx: they will not change.
+    Retried: 429 (after ``Retry-After`` or ``RateLimit-Reset``, at least a second), 408, 5xx,
+    connection errors and timeouts. Never retried: 400, 401, 403, 404, 413 and any other 4xx: they
+    will not change. A 429 means the request was not processed: it does not use up an attempt, and only
+    ``max_elapsed`` bounds how long a call waits for the rate limit.
 
-    :param max_attempts: attempts in all, the first included.
+    :param max_attempts: attempts in all, the first included, not counting those answered 429.
     :param max_elapsed: seconds from the first attempt after which no new attempt starts; a wait that
         would cross it is not begun.
     :param initial_wait: the first exponential backoff, in seconds.
@@ -68,8 +71,31 @@ class RetryPolicy:
         return False
 
 
+#: The shortest wait after a 429, in seconds. Unkey's ``Retry-After`` is the whole seconds left in the
+#: current window, truncated: ``0`` means "within the second", and waiting 0 s would be refused again.
+RATE_LIMIT_WAIT_FLOOR = 1.0
+
+
+def _rate_limited(exc: BaseException | None) -> bool:
+    return isinstance(exc, UnkeyAPIError) and exc.status == 429
+
+
+class _AttemptsSpent(stop_base):
+    """tenacity's stop: ``max_attempts`` counts the attempts that were not answered 429."""
+
+    def __init__(self, max_attempts: int) -> None:
+        self._max_attempts = max_attempts
+        self._spent = 0
+
+    def __call__(self, state: RetryCallState) -> bool:
+        if not _rate_limited(state.outcome.exception() if state.outcome else None):
+            self._spent += 1
+        return self._spent >= self._max_attempts
+
+
 class _Wait:
-    """Server-requested waits win over exponential backoff; both get jitter."""
+    """Server-requested waits win over exponential backoff; both get jitter. After a 429 the wait is
+    at least :data:`RATE_LIMIT_WAIT_FLOOR`."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
@@ -81,9 +107,12 @@ class _Wait:
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        jitter = random.uniform(0, self._policy.jitter)
         if isinstance(exc, UnkeyAPIError) and exc.retry_after is not None:
-            return exc.retry_after + random.uniform(0, self._policy.jitter)
-        return float(self._backoff(state))
+            wait = exc.retry_after + jitter
+        else:
+            wait = float(self._backoff(state))
+        return max(wait, RATE_LIMIT_WAIT_FLOOR) if _rate_limited(exc) else wait
 
 
 def _finite(text: str) -> float | None:

@@ -267,13 +267,15 @@ def migrate(
     [
         pytest.param(429, {"Retry-After": "3"}, 3.0, id="429-seconds"),
         pytest.param(429, {"retry-after": "2"}, 2.0, id="429-header-name-in-any-case"),
-        pytest.param(429, {"Retry-After": "0"}, 0.0, id="429-zero"),
-        pytest.param(429, {"Retry-After": "-1"}, 0.0, id="429-negative"),
-        pytest.param(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0, id="429-past-date"),
+        # Unkey's Retry-After is truncated: 0 means "within the second", so a 429 waits at least 1 s.
+        pytest.param(429, {"Retry-After": "0"}, 1.0, id="429-zero-waits-the-floor"),
+        pytest.param(429, {"Retry-After": "-1"}, 1.0, id="429-negative"),
+        pytest.param(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1.0, id="429-past-date"),
         pytest.param(429, {"RateLimit-Reset": "4"}, 4.0, id="429-reset-without-retry-after"),
         pytest.param(429, {"Retry-After": "soon", "RateLimit-Reset": "6"}, 6.0, id="429-garbage-then-reset"),
-        pytest.param(429, {"Retry-After": "soon"}, EXACT.initial_wait, id="429-garbage-backs-off"),
-        pytest.param(429, {}, EXACT.initial_wait, id="429-no-header-backs-off"),
+        pytest.param(429, {"Retry-After": "soon"}, 1.0, id="429-garbage-backs-off-at-least-the-floor"),
+        pytest.param(429, {}, 1.0, id="429-no-header-backs-off-at-least-the-floor"),
+        pytest.param(408, {"Retry-After": "0"}, 0.0, id="408-zero-has-no-floor"),
         pytest.param(429, {"Retry-After": "120"}, 120.0, id="429-at-the-policy-maximum"),
         pytest.param(408, {"Retry-After": "5"}, 5.0, id="408-honoured"),
         pytest.param(503, {"Retry-After": "7"}, 7.0, id="503-honoured"),
@@ -291,7 +293,8 @@ def test_the_wait_before_a_retry_comes_from_the_answer(
 
 
 def test_retry_after_is_kept_on_the_error_for_statuses_that_may_carry_it(clock: FakeClock) -> None:
-    once = RetryPolicy(max_attempts=1)
+    # A 429 does not use up an attempt: the policy stops it from being retried at all.
+    once = RetryPolicy(max_attempts=1, no_retry_statuses=frozenset({429}))
     for status, expected in ((429, 9.0), (408, 9.0), (503, 9.0), (500, None), (502, None), (504, None)):
         _, error = migrate([(status, {"Retry-After": "9"})], once)
         assert error is not None and error.status == status
@@ -325,6 +328,24 @@ def test_a_server_wait_that_would_cross_the_retry_budget_is_not_begun(clock: Fak
     assert statuses == [429, 429, 429]
     assert clock.sleeps == [4.0, 4.0]
     assert isinstance(error, UnkeyRateLimitError) and error.attempts == 3
+
+
+def test_a_429_does_not_use_up_an_attempt(clock: FakeClock) -> None:
+    """Seven 429s and four 500s, then 200: the 500s spend four of the five attempts, the 429s none."""
+    script = [(429, {"Retry-After": "0"})] * 7 + [(500, {})] * 4
+    statuses, error = migrate(script)
+    assert error is None
+    assert statuses == [s for s, _ in script] + [200]
+    assert clock.sleeps == [1.0] * 7 + [EXACT.initial_wait] * 4
+
+
+def test_attempts_answered_with_something_else_than_429_run_out(clock: FakeClock) -> None:
+    """500s between 429s: the fifth 500 ends the call, however many 429s came between."""
+    script = [(500, {}), (429, {"Retry-After": "0"})] * 4 + [(500, {})] + [(200, {})]
+    statuses, error = migrate(script)
+    assert isinstance(error, UnkeyServerError) and error.status == 500
+    assert statuses == [s for s, _ in script[:9]]
+    assert error.attempts == 9
 
 
 def test_jitter_is_added_to_a_server_requested_wait(clock: FakeClock) -> None:

@@ -35,6 +35,10 @@ class Batch:
     hashes: list[str]
     keys: list[bytes]
     maybe_committed: bool = False
+    #: attempts spent on it that count against the retry policy (a 429 is not one of them)
+    attempts: int = 0
+    #: times the workspace rate limit refused it (429)
+    refused: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -18,6 +18,12 @@ from typing import Any
 from airflow_provider_unkey.client import RetryPolicy
 from airflow_provider_unkey.migration.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES
 from airflow_provider_unkey.migration.hashes import HASH_FORMATS
+from airflow_provider_unkey.migration.pacing import (
+    DEFAULT_RATE_LIMIT_HEADROOM,
+    UNKEY_RATE_LIMIT_WINDOW,
+    check_headroom,
+    check_window,
+)
 from airflow_provider_unkey.migration.prepare import KEY_FIELD_PATHS
 from airflow_provider_unkey.migration.sending import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_unkey.rules import MAX_BODY_BYTES, canonical_algorithm
@@ -86,6 +92,12 @@ class MigrationConfig:
     :param max_concurrency: the most requests in flight at once (with ``adaptive``, the cap).
     :param adaptive: find the concurrency and, under a rate limit, the batch size as the run goes;
         ``False`` keeps ``max_concurrency`` requests in flight and ``batch_size`` keys in each.
+    :param rate_limit_headroom: the share of the workspace rate limit the run never takes: the whole
+        workspace's use, production's included, stays below ``limit * (1 - rate_limit_headroom)``.
+    :param rate_limit_window: the window of the workspace rate limit, in seconds (Unkey's is a minute;
+        set it for an emulator whose window is compressed).
+    :param time_budget: seconds the sending may take: requests the rate limit refused are sent again
+        until then, and given up after (``None``: no bound).
     :param retry: the retry policy for batches (``None``: the client's).
     :param dry_run: read, validate, deduplicate and batch, but send nothing.
     :param progress_interval: seconds between progress lines (0: a line after every batch).
@@ -103,6 +115,9 @@ class MigrationConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     adaptive: bool = True
+    rate_limit_headroom: float = DEFAULT_RATE_LIMIT_HEADROOM
+    rate_limit_window: float = UNKEY_RATE_LIMIT_WINDOW
+    time_budget: float | None = None
     retry: RetryPolicy | None = None
     dry_run: bool = False
     progress_interval: float = 5.0
@@ -129,6 +144,16 @@ class MigrationConfig:
             )
         _check_count("max_concurrency", self.max_concurrency)
         _check_flag("adaptive", self.adaptive)
+        object.__setattr__(self, "rate_limit_headroom", check_headroom(self.rate_limit_headroom))
+        object.__setattr__(self, "rate_limit_window", check_window(self.rate_limit_window))
+        budget = self.time_budget
+        if budget is not None and (
+            isinstance(budget, bool)
+            or not isinstance(budget, int | float)
+            or not math.isfinite(budget)
+            or budget <= 0
+        ):
+            raise ValueError(f"time_budget must be a number of seconds above 0 or None, got {budget!r}")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy or None, got {type(self.retry).__name__}")
         _check_flag("dry_run", self.dry_run)

@@ -14,6 +14,7 @@ The engine lives in modules that import each other one way only:
 * :mod:`~airflow_provider_unkey.migration.batching`: :class:`Batch` and :class:`Batcher`;
 * :mod:`~airflow_provider_unkey.migration.failures`: what a failed request means (:data:`ACTIONS`,
   :func:`classify`) and :class:`MigrationAborted`;
+* :mod:`~airflow_provider_unkey.migration.pacing`: :class:`RatePacer`, the workspace rate limit;
 * :mod:`~airflow_provider_unkey.migration.sending`: :class:`MigrationEngine`;
 * :mod:`~airflow_provider_unkey.migration.config`: :class:`MigrationConfig`, the settings of a run;
 * :mod:`~airflow_provider_unkey.migration.run`: :func:`run_migration`, :class:`RunControl` and
@@ -42,6 +43,11 @@ from airflow_provider_unkey.migration.failures import (
     MigrationAborted,
     classify,
 )
+from airflow_provider_unkey.migration.pacing import (
+    DEFAULT_RATE_LIMIT_HEADROOM,
+    UNKEY_RATE_LIMIT_WINDOW,
+    RatePacer,
+)
 from airflow_provider_unkey.migration.reporting import MigrationSummary, Progress
 from airflow_provider_unkey.migration.run import InvariantError, RunControl, run_migration
 from airflow_provider_unkey.migration.sending import DEFAULT_MAX_CONCURRENCY, MigrationEngine
@@ -51,7 +57,9 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_RATE_LIMIT_HEADROOM",
     "SPLIT_WITHOUT_RETRY",
+    "UNKEY_RATE_LIMIT_WINDOW",
     "Action",
     "Batch",
     "Batcher",
@@ -61,6 +69,7 @@ __all__ = [
     "MigrationEngine",
     "MigrationSummary",
     "Progress",
+    "RatePacer",
     "RunControl",
     "classify",
     "run_migration",

@@ -30,14 +30,17 @@ class Action(StrEnum):
     SPLIT = "split"  #: send the batch again as two halves, to isolate the keys at fault
     REJECT = "reject"  #: the single key is refused: rejected_by_api
     GIVE_UP = "give_up"  #: retries ran out on a problem of the service or the network: gave_up
+    #: the workspace rate limit refused the request, so nothing was processed: send it again when the
+    #: pace allows, without using up an attempt (only the run's time budget bounds the waits)
+    WAIT = "wait"
 
 
 #: The one table of what a failed request means: status -> (batch of several keys, single key).
 #: 400: the body is refused (a 400 whose errors[] names keys drops those first). 401/403/404: the root
 #: key, its permission, the API or the migration is wrong; no batch can succeed. 408 (the 60 s server
 #: timeout), 413 and 500 (a duplicate role, a null remaining...): about this batch's content or size.
-#: 502-504 and 429 after the retries: the service is unwell or busy, and splitting would only multiply
-#: requests.
+#: 502-504 after the retries: the service is unwell, and splitting would only multiply requests. 429:
+#: the workspace rate limit refused the request before anything was processed; it waits and goes again.
 ACTIONS: dict[int, tuple[Action, Action]] = {
     400: (Action.SPLIT, Action.REJECT),
     401: (Action.ABORT, Action.ABORT),
@@ -45,7 +48,7 @@ ACTIONS: dict[int, tuple[Action, Action]] = {
     404: (Action.ABORT, Action.ABORT),
     408: (Action.SPLIT, Action.REJECT),
     413: (Action.SPLIT, Action.REJECT),
-    429: (Action.GIVE_UP, Action.GIVE_UP),
+    429: (Action.WAIT, Action.WAIT),
     500: (Action.SPLIT, Action.REJECT),
     502: (Action.GIVE_UP, Action.GIVE_UP),
     503: (Action.GIVE_UP, Action.GIVE_UP),

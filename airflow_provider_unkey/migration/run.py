@@ -237,6 +237,9 @@ def run_migration(
                 abort_event=abort,
                 resumed_try=resumed_try,
                 adaptive=config.adaptive,
+                rate_limit_headroom=config.rate_limit_headroom,
+                rate_limit_window=config.rate_limit_window,
+                time_budget=config.time_budget,
             )
             control.engine = engine
             try:

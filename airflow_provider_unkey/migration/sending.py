@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -29,12 +30,16 @@ from airflow_provider_unkey.migration.failures import (
     classify,
 )
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Stage
+from airflow_provider_unkey.migration.pacing import (
+    DEFAULT_RATE_LIMIT_HEADROOM,
+    UNKEY_RATE_LIMIT_WINDOW,
+    RatePacer,
+)
 from airflow_provider_unkey.migration.reporting import Progress
 from airflow_provider_unkey.migration.throttle import (
     INITIAL_CONCURRENCY,
     BatchSizer,
     ConcurrencyLimiter,
-    RatePacer,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,8 @@ DEFAULT_MAX_CONCURRENCY = 32
 MAX_ADAPTIVE_BATCH_SIZE = 50_000
 #: Seconds between the checks whether the batch may grow.
 _GROW_EVERY = 1.0
+#: Statuses the engine sends again itself: the rate limit's 429 goes through the pacer, not the client.
+_WAIT_STATUSES = frozenset({429})
 #: Added to a failure's detail when a request carrying the key got no response.
 _MAYBE_CREATED = (
     "; a request carrying this key got no response, so Unkey may have created it (a rerun reports it as"
@@ -59,12 +66,13 @@ class MigrationEngine:
     in halves until the offending keys are isolated, so one bad key costs only itself; a 400 whose
     ``errors[]`` names key indexes drops those keys at once. 401, 403 and 404 stop the run: no further
     batch goes out, keys not yet sent are recorded ``not_sent``, and :class:`MigrationAborted` says what
-    to fix.
+    to fix. A 429 means nothing was processed: the batch goes again when the pacer allows, without using
+    up one of the attempts that 5xx answers and timeouts get; only ``time_budget`` bounds those waits.
 
     How fast it sends is found as it goes (:mod:`~airflow_provider_unkey.migration.throttle`): a
     :class:`~airflow_provider_unkey.migration.throttle.ConcurrencyLimiter` decides how many requests to
-    keep in flight, up to ``max_concurrency``; a :class:`~airflow_provider_unkey.migration.throttle.RatePacer`
-    spaces them to the workspace rate limit the answers state; and under that limit a
+    keep in flight, up to ``max_concurrency``; a :class:`~airflow_provider_unkey.migration.pacing.RatePacer`
+    keeps the whole workspace below its rate limit less ``rate_limit_headroom``; and under that limit a
     :class:`~airflow_provider_unkey.migration.throttle.BatchSizer` lets requests carry more keys.
 
     :param client: the Unkey client (its pool should hold ``max_concurrency`` connections).
@@ -81,6 +89,12 @@ class MigrationEngine:
     :param resumed_try: this run resumes a task instance whose try ``resumed_try`` stopped: hashes
         Unkey reports as existing are reported ``unconfirmed`` (that try may have sent them before it
         could record their outcome), not ``already_exists``.
+    :param rate_limit_headroom: the share of the workspace rate limit the run never takes, left to the
+        workspace's own traffic (0 to below 1).
+    :param rate_limit_window: the window of the workspace rate limit, in seconds (Unkey's: a minute).
+    :param time_budget: seconds from the start of :meth:`run` after which a batch that the rate limit
+        refused is given up rather than sent again, and a batch still waiting for the pace is not sent;
+        ``None``: no bound.
     """
 
     def __init__(
@@ -97,6 +111,9 @@ class MigrationEngine:
         abort_event: threading.Event | None = None,
         resumed_try: int | None = None,
         adaptive: bool = True,
+        rate_limit_headroom: float = DEFAULT_RATE_LIMIT_HEADROOM,
+        rate_limit_window: float = UNKEY_RATE_LIMIT_WINDOW,
+        time_budget: float | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -110,7 +127,11 @@ class MigrationEngine:
         # wait through every retry. A 408 is the 60 s server timeout: halves finish sooner, while
         # retrying the whole batch would cost up to 60 s an attempt. A single key gets the whole
         # policy: its 500 or 408 may be transient.
-        self.single_retry = retry or client.retry
+        # A 429 is never retried by the client: the engine sends the batch again through the pacer.
+        policy = retry or client.retry
+        self.single_retry = dataclasses.replace(
+            policy, no_retry_statuses=policy.no_retry_statuses | _WAIT_STATUSES
+        )
         self.batch_retry = dataclasses.replace(
             self.single_retry, no_retry_statuses=self.single_retry.no_retry_statuses | SPLIT_WITHOUT_RETRY
         )
@@ -129,7 +150,13 @@ class MigrationEngine:
             if adaptive
             else None
         )
-        self.pacer = RatePacer()
+        self.pacer = RatePacer(rate_limit_headroom, rate_limit_window)
+        if time_budget is not None and not time_budget > 0:
+            raise ValueError(f"time_budget must be a number of seconds above 0, got {time_budget!r}")
+        self.time_budget = time_budget
+        self._deadline = math.inf
+        #: Batches the rate limit refused and the engine sent again.
+        self.requeued = 0
         self.sizer = (
             BatchSizer(batcher.batch_size, max(batcher.batch_size, MAX_ADAPTIVE_BATCH_SIZE))
             if adaptive
@@ -152,7 +179,7 @@ class MigrationEngine:
             self._abort.set()
             return
         keys = int(getattr(self._local, "keys", 0))
-        self.pacer.observe(attempt)
+        self.pacer.observe(attempt, self._local.ticket)
         if self.limiter is not None:
             full = keys >= max(1, self.batcher.batch_size // 2)
             self.limiter.on_answer(
@@ -172,7 +199,7 @@ class MigrationEngine:
             return
         self._last_grow_check = now
         waited = self.pacer.waited
-        binding = waited > self._waited_at_last_grow
+        binding = waited > self._waited_at_last_grow or self.pacer.holding
         self._waited_at_last_grow = waited
         if binding and self.sizer.grow():
             self.batcher.batch_size = self.sizer.size
@@ -205,9 +232,13 @@ class MigrationEngine:
         """The throughput controls' state, for progress lines."""
         parts = [f"in flight {self._in_flight}, limit {self.concurrency()}/{self.max_concurrency}"]
         parts.append(f"{self.batcher.batch_size:,} keys a request")
-        rate = self.pacer.rate()
-        if rate is not None:
-            parts.append(f"paced to {rate:.1f} req/s by the rate limit")
+        rate, share, limit = self.pacer.rate(), self.pacer.share(), self.pacer.limit
+        if rate is not None and share is not None:
+            parts.append(
+                f"paced to {rate * 60:.1f} req/min by the rate limit ({share:.0%} of the workspace's"
+                f" {limit:,} used by this run, {self.pacer.headroom:.0%} left free), waited"
+                f" {self.pacer.waited:,.1f} s for it"
+            )
         return ", ".join(parts)
 
     def state(self) -> dict[str, int]:
@@ -227,6 +258,10 @@ class MigrationEngine:
             "final_batch_size": self.batcher.batch_size,
             "paced_seconds": round(self.pacer.waited, 3),
             "rate_limited_answers": self.pacer.refused,
+            "rate_limit": self.pacer.limit or 0,
+            "rate_limit_headroom": self.pacer.headroom,
+            "rate_limit_share_peak": round(self.pacer.peak_share, 4),
+            "rate_limit_share_mean": round(self.pacer.mean_share() or 0.0, 4),
         }
 
     def wait_idle(self, timeout: float) -> bool:
@@ -236,7 +271,15 @@ class MigrationEngine:
 
     # --- one batch, in a worker thread -------------------------------------------------------------
     def _not_sent(self, batch: Batch) -> None:
-        reason = f"not sent: the run stopped ({self._fatal})" if self._fatal else "not sent: the run stopped"
+        if self._fatal:
+            reason = f"not sent: the run stopped ({self._fatal})"
+        elif not self._abort.is_set() and time.monotonic() >= self._deadline:
+            reason = (
+                f"not sent: the run's time budget of {self.time_budget:g} s ran out while it waited for"
+                " the workspace rate limit"
+            )
+        else:
+            reason = "not sent: the run stopped"
         self.writer.failed(batch.hashes, batch.rows, Reason.NOT_SENT, Stage.SEND, reason)
 
     def _record(
@@ -324,32 +367,48 @@ class MigrationEngine:
             if self._abort.is_set() or not self._enter():
                 self._not_sent(part)
                 continue
-            acquired = self.pacer.acquire(self._abort)
-            if not acquired or self._abort.is_set():  # the run stopped while this one waited
-                if acquired:
-                    self.pacer.release()
+            ticket = self.pacer.acquire(self._abort, self._deadline)
+            if ticket is None or self._abort.is_set():  # the run stopped (or its time ran out) meanwhile
+                if ticket is not None:
+                    self.pacer.release(ticket)
                 self._leave()
-                self._not_sent(part)
+                if part.refused and ticket is None and not self._abort.is_set():
+                    self._out_of_time(part)
+                else:
+                    self._not_sent(part)
                 continue
-            self._local.keys = len(part)
+            self._local.keys, self._local.ticket = len(part), ticket
+            policy = self.batch_retry if len(part) > 1 else self.single_retry
+            if part.attempts:
+                # The attempts a 429 interrupted are spent; the 429s themselves are not.
+                policy = dataclasses.replace(policy, max_attempts=policy.max_attempts - part.attempts)
             try:
                 with self._lock:
                     self.requests += 1
                 try:
                     result = self.client.migrate_keys(
-                        self.migration_id,
-                        self.api_id,
-                        self.batcher.body(part),
-                        retry=self.batch_retry if len(part) > 1 else self.single_retry,
+                        self.migration_id, self.api_id, self.batcher.body(part), retry=policy
                     )
                 finally:
-                    self.pacer.release()
+                    self.pacer.release(ticket)
                     self._leave()
             except (UnkeyAPIError, UnkeyTransportError) as exc:
                 action = classify(exc, len(part))
                 lost = exc.unanswered_attempts > 0
                 named = _named_keys(exc, len(part))
-                if action is Action.ABORT:
+                if action is Action.WAIT:
+                    # Refused before anything was processed: the same batch goes again when the pacer
+                    # allows (it learnt the 429's Retry-After), unless the run's time is up.
+                    part.attempts += exc.attempts - 1
+                    part.refused += 1
+                    part.maybe_committed = part.maybe_committed or lost
+                    if time.monotonic() >= self._deadline:
+                        self._out_of_time(part)
+                    else:
+                        with self._lock:
+                            self.requeued += 1
+                        stack.append(part)
+                elif action is Action.ABORT:
                     assert isinstance(exc, UnkeyAPIError)  # only statuses abort
                     with self._lock:
                         if self._fatal is None:
@@ -398,6 +457,15 @@ class MigrationEngine:
                 [batch.hashes[i]], [batch.rows[i]], Reason.REJECTED_BY_API, Stage.SEND, detail, exc.request_id
             )
 
+    def _out_of_time(self, batch: Batch) -> None:
+        detail = (
+            f"the workspace rate limit refused its request {batch.refused} time(s) (429), and the run's"
+            f" time budget of {self.time_budget:g} s ran out before it could be sent again"
+        )
+        if batch.maybe_committed:
+            detail += _MAYBE_CREATED
+        self.writer.failed(batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, detail)
+
     def _give_up(self, batch: Batch, exc: UnkeyError) -> None:
         request_id = exc.request_id if isinstance(exc, UnkeyAPIError) else None
         detail = f"retries exhausted after {exc.attempts} attempt(s): {exc}"
@@ -418,6 +486,8 @@ class MigrationEngine:
             its permissions, the API or the migration.
         """
         in_flight: set[Future[None]] = set()
+        if self.time_budget is not None:
+            self._deadline = time.monotonic() + self.time_budget
         self.client.observers.append(self._observe)
         if self.progress is not None:
             self.progress.detail = self.describe

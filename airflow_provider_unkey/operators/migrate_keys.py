@@ -23,6 +23,8 @@ from airflow_provider_unkey.migration.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_RATE_LIMIT_HEADROOM,
+    UNKEY_RATE_LIMIT_WINDOW,
     MigrationAborted,
     MigrationConfig,
     MigrationSummary,
@@ -130,6 +132,8 @@ def _checked(a: Mapping[str, Any], given: Mapping[str, Any], *, parsing: bool) -
         max_request_bytes=a["max_request_bytes"],
         max_concurrency=a["max_concurrency"],
         adaptive=a["adaptive"],
+        rate_limit_headroom=a["rate_limit_headroom"],
+        rate_limit_window=a["rate_limit_window"],
         dry_run=a["validate_only"],
         progress_interval=a["progress_interval"],
         list_skipped=a["list_skipped"],
@@ -191,6 +195,15 @@ class MigrateKeysOperator(BaseOperator):
         ``max_concurrency``, ``pool_slots`` is the cap.
     :param adaptive: find the concurrency and the batch size as the run goes (the default); ``False``
         keeps exactly ``max_concurrency`` requests in flight and ``batch_size`` keys in each.
+    :param rate_limit_headroom: the share of the workspace rate limit that the migration never takes
+        (default 0.25). Every request of the workspace counts against its limit, the ``keys.verifyKey``
+        calls of its production services too: the task keeps the whole workspace's use below
+        ``limit * (1 - rate_limit_headroom)``, yields when production rises and takes the room back when
+        it falls. Mapped tasks of one migration share that room. A request the limit refuses (429) is
+        sent again when the pace allows, and does not use up a retry; with an ``execution_timeout``,
+        the task stops sending again shortly before it (see docs/operator.md).
+    :param rate_limit_window: the window of the workspace rate limit, in seconds: 60 for Unkey; set it
+        only for an emulator whose window is compressed.
     :param validate_only: read, validate, deduplicate and batch; report what would be sent
         (``would_send``); call nothing. (``dry_run`` would clash with ``BaseOperator.dry_run()``.)
 
@@ -257,6 +270,8 @@ class MigrateKeysOperator(BaseOperator):
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         adaptive: bool = True,
+        rate_limit_headroom: float = DEFAULT_RATE_LIMIT_HEADROOM,
+        rate_limit_window: float = UNKEY_RATE_LIMIT_WINDOW,
         output_path: str | None = None,
         ledger_path: str | None = None,
         list_skipped: bool = False,
@@ -291,6 +306,8 @@ class MigrateKeysOperator(BaseOperator):
         self.max_request_bytes = max_request_bytes
         self.max_concurrency = max_concurrency
         self.adaptive = adaptive
+        self.rate_limit_headroom = rate_limit_headroom
+        self.rate_limit_window = rate_limit_window
         self.output_path = output_path
         self.ledger_path = ledger_path
         self.list_skipped = list_skipped
@@ -398,6 +415,16 @@ class MigrateKeysOperator(BaseOperator):
                 self.on_kill_timeout,
             )
 
+    def _within_time_budget(self, config: MigrationConfig) -> MigrationConfig:
+        """``config`` with the time the sending may take: the ``execution_timeout`` less a reserve
+        (a tenth, at most a minute) for writing the outputs, so that keys still refused by the rate
+        limit when it runs out are recorded ``gave_up`` rather than lost with a killed task."""
+        timeout = self.execution_timeout
+        if timeout is None:
+            return config
+        seconds = timeout.total_seconds()
+        return dataclasses.replace(config, time_budget=max(seconds - min(60.0, seconds / 10), 1.0))
+
     def _within_pool_slots(self, config: MigrationConfig) -> MigrationConfig:
         """``config`` with no more requests in flight than the pool slots this task holds.
 
@@ -493,6 +520,7 @@ class MigrateKeysOperator(BaseOperator):
         from airflow_provider_unkey.operators import io
 
         config = self._within_pool_slots(_check_arguments(self._arguments()))  # rendered by now
+        config = self._within_time_budget(config)
         output_path = self.output_path or self._default_output_path(context)
         ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
         self._warn_if_worker_local(output_path, ledger_path)

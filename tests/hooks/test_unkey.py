@@ -419,7 +419,9 @@ def test_workspace_rate_limit_headers_reach_the_error() -> None:
         rate_limit_clock=lambda: 1_800_000_000.0,
     )
     with emu:
-        client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=1))
+        # A 429 does not use up an attempt: only a policy that never retries it raises it at once.
+        never = RetryPolicy(max_attempts=1, no_retry_statuses=frozenset({429}))
+        client = UnkeyClient(ROOT_KEY, emu.url, retry=never)
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_1"))
         with pytest.raises(UnkeyRateLimitError) as info:
             client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_2"))

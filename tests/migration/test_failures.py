@@ -19,7 +19,7 @@ from airflow_provider_unkey.migration.engine import (
 )
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter
 
-A, S, R, G = Action.ABORT, Action.SPLIT, Action.REJECT, Action.GIVE_UP
+A, S, R, G, W = Action.ABORT, Action.SPLIT, Action.REJECT, Action.GIVE_UP, Action.WAIT
 
 # status: (a batch of several keys, a single key)
 EXPECTED = {
@@ -31,7 +31,7 @@ EXPECTED = {
     409: (G, G),  # not in the API's table: nothing to learn from splitting
     413: (S, R),
     418: (G, G),
-    429: (G, G),  # the client's retries honoured Retry-After and ran out
+    429: (W, W),  # nothing was processed: sent again through the pacer, never given up for it
     500: (S, R),
     501: (S, R),  # any other 5xx is a 500
     502: (G, G),

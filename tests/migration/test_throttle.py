@@ -8,17 +8,15 @@ import base64
 import hashlib
 import math
 import statistics
-import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from airflow_provider_unkey.client import MIGRATE_KEYS_PATH, RetryPolicy, UnkeyClient
+from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
 from airflow_provider_unkey.migration.config import MigrationConfig
 from airflow_provider_unkey.migration.run import run_migration
-from airflow_provider_unkey.migration.throttle import BatchSizer, ConcurrencyLimiter, RatePacer
-from airflow_provider_unkey.retries import Attempt, RateLimitState
+from airflow_provider_unkey.migration.throttle import BatchSizer, ConcurrencyLimiter
 from airflow_provider_unkey.testing import UnkeyEmulator
 
 ROOT, API, MIGRATION = "unkey_root_throttle", "api_throttle", "mig_throttle"
@@ -93,103 +91,6 @@ def test_small_requests_do_not_set_the_latency_floor() -> None:
     assert limiter.limit == 16
 
 
-# --- RatePacer -----------------------------------------------------------------------------------------
-class FixedWindow:
-    """A workspace rate limit as the emulator keeps it: ``limit`` requests per ``window`` seconds."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.start, self.count = -math.inf, 0
-        self.answered = self.refused = 0
-
-    def answer(self, now: float) -> tuple[int, RateLimitState]:
-        if now - self.start >= self.window:
-            self.start, self.count = now, 0
-        allowed = self.count < self.limit
-        self.count += allowed
-        left = self.window - (now - self.start)
-        self.answered += allowed
-        self.refused += not allowed
-        status = 200 if allowed else 429
-        return status, RateLimitState(self.limit, self.limit - self.count, max(1, math.ceil(left)))
-
-
-def simulate(
-    tasks: int, limit: int, window: float, latency: float, concurrency: int, seconds: float
-) -> FixedWindow:
-    """``tasks`` clients, each with ``concurrency`` requests in flight, pacing themselves to one
-    workspace limit; a discrete-event simulation on a fake clock."""
-    clock = Clock()
-    start = clock.now
-    server = FixedWindow(limit, window)
-    pacers = [RatePacer(clock) for _ in range(tasks)]
-    # (time a worker is free, task) for every worker; answers land ``latency`` after the request.
-    workers = [(clock.now, t) for t in range(tasks) for _ in range(concurrency)]
-    pending: list[tuple[float, int, int, RateLimitState]] = []
-    while clock.now - start < seconds:
-        # Deliver the answers due, then let the earliest free worker try to send.
-        workers.sort()
-        free_at, task = workers.pop(0)
-        clock.now = max(clock.now, free_at)
-        for item in sorted((p for p in pending if p[0] <= clock.now), key=lambda p: p[0]):
-            pending.remove(item)
-            ended, who, status, state = item
-            pacers[who].observe(Attempt(MIGRATE_KEYS_PATH, status, latency, ended, state, None))
-            pacers[who].release()
-        delay = pacers[task].try_acquire()
-        if delay > 0:
-            workers.append((clock.now + min(delay, latency), task))
-            continue
-        status, state = server.answer(clock.now)
-        pending.append((clock.now + latency, task, status, state))
-        workers.append((clock.now + latency, task))
-    return server
-
-
-@pytest.mark.parametrize(
-    ("tasks", "concurrency", "latency"),
-    [(1, 1, 0.05), (1, 8, 0.05), (1, 16, 0.2), (4, 4, 0.05), (4, 8, 0.2)],
-    ids=["one", "one-8", "one-16-slow", "four-mapped", "four-mapped-slow"],
-)
-def test_paced_clients_reach_the_limit_without_crossing_it(
-    tasks: int, concurrency: int, latency: float
-) -> None:
-    """Over 20 windows: at least 90 % of the ceiling used, under 2 % of requests refused, also with
-    four tasks sharing one workspace (each reads the others' use in ``RateLimit-Remaining``)."""
-    limit, window, windows = 100, 10.0, 20
-    server = simulate(tasks, limit, window, latency, concurrency, window * windows)
-    sent = server.answered + server.refused
-    assert server.answered >= 0.9 * limit * windows, (server.answered, server.refused)
-    assert server.refused <= 0.02 * sent, (server.answered, server.refused)
-
-
-def test_without_rate_limit_headers_nothing_waits() -> None:
-    pacer = RatePacer(Clock())
-    assert [pacer.try_acquire() for _ in range(1000)] == [0.0] * 1000
-    assert not pacer.limited and pacer.rate() is None
-
-
-def test_a_429_holds_every_request_until_the_window_frees() -> None:
-    clock = Clock()
-    pacer = RatePacer(clock)
-    assert pacer.try_acquire() == 0.0
-    pacer.observe(Attempt(MIGRATE_KEYS_PATH, 429, 0.01, clock.now, RateLimitState(10, 0, 3), 3.0))
-    pacer.release()
-    assert pacer.refused == 1
-    assert pacer.try_acquire() == pytest.approx(3.0)
-    clock.now += 3.0
-    assert pacer.try_acquire() == 0.0
-
-
-def test_acquire_gives_up_when_the_run_stops() -> None:
-    clock = Clock()
-    pacer = RatePacer(clock)
-    pacer.observe(Attempt(MIGRATE_KEYS_PATH, 200, 0.01, clock.now, RateLimitState(10, 0, 60), None))
-    stop = threading.Event()
-    stop.set()
-    assert pacer.acquire(stop) is False
-
-
 # --- BatchSizer ----------------------------------------------------------------------------------------
 def test_the_batch_grows_within_the_time_budget_and_halves_near_the_timeout() -> None:
     sizer = BatchSizer(1000, 50_000, budget=15.0)
@@ -219,7 +120,9 @@ def test_under_a_rate_limit_the_engine_paces_and_grows_its_batches(tmp_path: Pat
     source = pa.table({"hash": hashes}).to_batches(max_chunksize=500)
     with UnkeyEmulator.quick(ROOT, API, MIGRATION, rate_limit=10, rate_limit_window=1.0) as emu:
         client = UnkeyClient(ROOT, emu.url, retry=RetryPolicy(max_attempts=8, initial_wait=0.01, jitter=0.0))
-        config = MigrationConfig(MIGRATION, API, batch_size=100, progress_interval=0)
+        config = MigrationConfig(
+            MIGRATION, API, batch_size=100, progress_interval=0, rate_limit_window=1.0, rate_limit_headroom=0
+        )
         lines: list[str] = []
         summary = run_migration(source, client, config, tmp_path, emit=lines.append)
         stored = set(emu.keys)
@@ -240,20 +143,3 @@ def test_without_adaptive_the_engine_keeps_its_settings(tmp_path: Path) -> None:
     assert summary.throttle["final_concurrency"] == summary.throttle["peak_concurrency"] == 3
     assert summary.throttle["final_batch_size"] == 100
     assert summary.requests == 20
-
-
-def test_when_the_window_frees_one_request_asks_and_the_others_wait_for_its_answer() -> None:
-    clock = Clock()
-    pacer = RatePacer(clock)
-    pacer.observe(Attempt(MIGRATE_KEYS_PATH, 200, 0.01, clock.now, RateLimitState(10, 0, 2), None))
-    assert pacer.try_acquire() == pytest.approx(2.0)  # nothing left in this window
-    clock.now += 2.0
-    assert pacer.try_acquire() == 0.0  # the window has freed capacity: one request asks
-    assert pacer.try_acquire() > 0  # the others wait for its answer, not a burst
-    pacer.observe(Attempt(MIGRATE_KEYS_PATH, 200, 0.01, clock.now, RateLimitState(10, 9, 2), None))
-    assert pacer.try_acquire() == 0.0  # the answer states the new quota
-    # An attempt without an answer also ends the question (another request may ask).
-    clock.now += 2.0
-    assert pacer.try_acquire() == 0.0
-    pacer.observe(Attempt(MIGRATE_KEYS_PATH, None, 0.01, clock.now, None, None))
-    assert pacer.try_acquire() == 0.0
