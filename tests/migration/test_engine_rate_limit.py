@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
 from airflow_provider_unkey.migration.engine import MigrationConfig, MigrationSummary, run_migration
 from airflow_provider_unkey.retries import RATE_LIMIT_WAIT_FLOOR
-from airflow_provider_unkey.testing import Faults, UnkeyEmulator
+from airflow_provider_unkey.testing import UnkeyEmulator
 
 ROOT, API, MIGRATION = "unkey_root_rl", "api_rl", "mig_rl"
 MIGRATE = "/v2/keys.migrateKeys"
@@ -62,7 +63,7 @@ def test_a_429_does_not_use_up_an_attempt_and_retry_after_0_waits_a_second(
     assert summary.throttle["rate_limited_answers"] == 4
     requests = [r for r in emu.requests if r.path == MIGRATE]
     assert [r.status for r in requests] == [429] * 4 + [200] * 3
-    for refused, after in zip(requests, requests[1:4], strict=False):
+    for refused, after in itertools.pairwise(requests[:5]):  # each 429 and the request after it
         assert after.started - refused.finished >= RATE_LIMIT_WAIT_FLOOR * 0.95
     assert set(emu.keys) == {b64(i) for i in range(300)}
 
