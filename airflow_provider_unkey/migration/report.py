@@ -234,9 +234,20 @@ def write_report(
                 "{peak_concurrency} / {final_concurrency} / {max_concurrency}".format(**throttle),
             ),
             ("keys a request, at the end", f"{throttle['final_batch_size']:,}"),
-            ("seconds spent pacing to the rate limit", f"{throttle['paced_seconds']:,.1f}"),
+            ("seconds spent waiting for the rate limit", f"{throttle['paced_seconds']:,.1f}"),
             ("answers that were 429", f"{throttle['rate_limited_answers']:,}"),
         ]
+        if throttle.get("rate_limit"):
+            speed += [
+                (
+                    "workspace rate limit: requests a window / left free",
+                    f"{throttle['rate_limit']:,} / {throttle['rate_limit_headroom']:.0%}",
+                ),
+                (
+                    "share of the limit this run used: peak / mean",
+                    f"{throttle['rate_limit_share_peak']:.0%} / {throttle['rate_limit_share_mean']:.0%}",
+                ),
+            ]
     lines += _table(["", ""], speed)
     lines.append("")
     if timeline is not None and len(timeline.samples) > 1:

@@ -134,6 +134,28 @@ def test_the_report_reads_at_a_glance(tmp_path: Path) -> None:
     assert (tmp_path / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_shows_the_wait_for_the_rate_limit_and_the_share_used(tmp_path: Path) -> None:
+    failed_file(tmp_path / "failed.parquet", [])
+    throttle = {
+        **summary().throttle,
+        "paced_seconds": 42.5,
+        "rate_limited_answers": 3,
+        "rate_limit": 600,
+        "rate_limit_headroom": 0.25,
+        "rate_limit_share_peak": 0.4123,
+        "rate_limit_share_mean": 0.38,
+    }
+    write_report(tmp_path, summary(throttle=throttle), None, facts={}, outputs={})
+    text = (tmp_path / REPORT_FILE).read_text()
+    assert "| seconds spent waiting for the rate limit | 42.5 |" in text
+    assert "| answers that were 429 | 3 |" in text
+    assert "| workspace rate limit: requests a window / left free | 600 / 25% |" in text
+    assert "| share of the limit this run used: peak / mean | 41% / 38% |" in text
+    # Without a limit, the lines about it are left out.
+    write_report(tmp_path, summary(), None, facts={}, outputs={})
+    assert "workspace rate limit" not in (tmp_path / REPORT_FILE).read_text()
+
+
 def test_without_matplotlib_the_report_says_how_to_get_the_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
