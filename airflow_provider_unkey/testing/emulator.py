@@ -439,7 +439,8 @@ class UnkeyEmulator:
         return self._log.status_counts()
 
     def reset_log(self) -> None:
-        """Forget the request log, counters and load peaks; the store and the rate-limit windows stay."""
+        """Forget the request log, counters and load peaks; the store, the rate limiter's counts and
+        production traffic's counters stay."""
         self._log.clear()
         self._capacity.reset_peaks()
 
