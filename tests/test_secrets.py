@@ -27,7 +27,8 @@ from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from tests.test_client import BackgroundServer
 
 #: Retries without waiting: the leak test wants the retry log lines, not the time they take.
-NO_WAIT = RetryPolicy(max_attempts=2, initial_wait=0.0, max_wait=0.0, jitter=0.0)
+# A 429 uses no attempt: max_elapsed ends its waits (the 1 s floor would cross it) rather than max_attempts.
+NO_WAIT = RetryPolicy(max_attempts=2, max_elapsed=0.5, initial_wait=0.0, max_wait=0.0, jitter=0.0)
 
 
 def fresh_root_key() -> str:

@@ -82,7 +82,7 @@ def scenario(dag_id: str, dag_kwargs: dict[str, Any] | None = None, **operator_k
     )
     def build() -> None:
         migrate = MigrateKeysOperator(
-            task_id="migrate", output_path="{{ params.output_path }}", **COMMON, **operator_kwargs
+            task_id="migrate", output_path="{{ params.output_path }}", **{**COMMON, **operator_kwargs}
         )
         migrate >> report()
 
@@ -115,7 +115,14 @@ postgres = scenario(
 )
 
 
-def mapped_scenario(dag_id: str, by: str) -> Any:
+#: A workspace rate limit shared with production, compressed to a 2 s window so a test takes seconds.
+SHARED_WORKSPACE: dict[str, Any] = {"rate_limit_window": 2.0, "rate_limit_headroom": 0.25, "batch_size": 10}
+shared_workspace = scenario(
+    "unkey_t_shared_workspace", parquet_path="{{ params.source }}", **SHARED_WORKSPACE
+)
+
+
+def mapped_scenario(dag_id: str, by: str, **operator_kwargs: Any) -> Any:
     """Partitions of the Parquet source (``by`` as ``parquet_partitions`` takes it), one task each."""
 
     @dag(
@@ -133,7 +140,9 @@ def mapped_scenario(dag_id: str, by: str) -> Any:
             return parquet_partitions(params["source"], int(params["partitions"]), by=by)  # type: ignore[arg-type]
 
         migrate = MigrateKeysOperator.partial(
-            task_id="migrate", output_path="{{ params.output_path }}/part_{{ ti.map_index }}", **COMMON
+            task_id="migrate",
+            output_path="{{ params.output_path }}/part_{{ ti.map_index }}",
+            **{**COMMON, **operator_kwargs},
         ).expand_kwargs(partitions())
         migrate >> report(mapped=True)
 
@@ -142,3 +151,4 @@ def mapped_scenario(dag_id: str, by: str) -> Any:
 
 mapped_dag = mapped_scenario("unkey_t_mapped", "auto")
 mapped_by_hash_dag = mapped_scenario("unkey_t_mapped_by_hash", "hash")
+mapped_shared_workspace = mapped_scenario("unkey_t_mapped_shared_workspace", "auto", **SHARED_WORKSPACE)
