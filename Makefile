@@ -11,7 +11,7 @@ LOWEST_CONSTRAINTS ?= .ci/constraints-airflow-$(AIRFLOW_LOWEST).txt
 # Airflow reads AIRFLOW_HOME at import: keep the demo's state inside the checkout, never in ~/airflow.
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 
-.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput docs clean setup-lowest test-lowest print-airflow-lowest
+.PHONY: setup demo test lint typecheck unit emulator bench bench-ledger bench-throughput bench-shared docs clean setup-lowest test-lowest print-airflow-lowest
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ $(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
 
 bench-throughput: $(BIN)/.bench-installed
 	$(BIN)/python -m benchmarks.throughput_suite
+
+## A migration beside production on one workspace rate limit, ~25 minutes (docs/performance.md).
+bench-shared: setup
+	$(BIN)/python -m benchmarks.shared_workspace
 
 ## The documentation site (mkdocs.yml): built into site/ with every warning an error.
 $(BIN)/.docs-installed: $(BIN)/.installed pyproject.toml
