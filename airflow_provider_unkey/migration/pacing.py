@@ -152,16 +152,21 @@ class RatePacer:
         """The workspace's limit, as the last answer stated it."""
         return self._limit
 
+    def _counts(self, t: float, upto: float) -> tuple[float, int, int]:
+        """The start of ``t``'s window, and this run's requests sent until ``upto`` in it and in the
+        window before."""
+        start = math.floor(t / self.window) * self.window
+        sends = self._sends
+        end = bisect.bisect_right(sends, upto)
+        cur = end - bisect.bisect_left(sends, start, hi=end)
+        prev = bisect.bisect_left(sends, start) - bisect.bisect_left(sends, start - self.window)
+        return start, cur, prev
+
     def _own(self, t: float, *, upto: float | None = None) -> float:
         """This run's part of the limiter's estimate at ``t``: requests sent in ``t``'s window, plus
         those of the window before weighted by the share of ``t``'s window still to come. With
         ``upto``, only the requests sent until then."""
-        n = math.floor(t / self.window)
-        start = n * self.window
-        sends = self._sends
-        end = bisect.bisect_right(sends, t if upto is None else upto)
-        cur = end - bisect.bisect_left(sends, start, hi=end)
-        prev = bisect.bisect_left(sends, start) - bisect.bisect_left(sends, start - self.window)
+        start, cur, prev = self._counts(t, t if upto is None else upto)
         return cur + prev * (1.0 - (t - start) / self.window)
 
     def _until_own_at_most(self, now: float, most: float) -> float:
@@ -169,11 +174,7 @@ class RatePacer:
         if most < 0:
             return math.inf
         w = self.window
-        n = math.floor(now / w)
-        start = n * w
-        lo = bisect.bisect_left(self._sends, start)
-        cur = len(self._sends) - lo
-        prev = lo - bisect.bisect_left(self._sends, start - w)
+        start, cur, prev = self._counts(now, math.inf)
         if cur + prev * (1.0 - (now - start) / w) <= most:
             return 0.0
         if cur <= most:  # within this window, as the previous one fades
