@@ -407,17 +407,22 @@ def test_rate_limit_retry_after_is_honoured(emulator: UnkeyEmulator, client: Unk
     assert elapsed >= 1.95
 
 
-def test_workspace_rate_limit_headers_reach_the_error() -> None:
-    emu = UnkeyEmulator.quick(
+def one_request_per_still_window() -> UnkeyEmulator:
+    """An emulator whose workspace takes one request per 30 s window, on a clock that stands still at
+    a window's start (windows are aligned to Unix time, and Reset counts to the window's end), so that
+    Retry-After is the whole window, 30 s."""
+    return UnkeyEmulator.quick(
         root_key=ROOT_KEY,
         api_id=API_ID,
         migration_id=MIGRATION_ID,
         rate_limit=1,
         rate_limit_window=30,
-        # Time stands still at a window's start (windows are aligned to Unix time, and Reset counts to
-        # the window's end): Retry-After is the whole window, 30 s.
         rate_limit_clock=lambda: 1_800_000_000.0,
     )
+
+
+def test_workspace_rate_limit_headers_reach_the_error() -> None:
+    emu = one_request_per_still_window()
     with emu:
         # A 429 does not use up an attempt: only a policy that never retries it raises it at once.
         never = RetryPolicy(max_attempts=1, no_retry_statuses=frozenset({429}))
@@ -437,16 +442,7 @@ def test_workspace_rate_limit_headers_reach_the_error() -> None:
 
 def test_retry_after_longer_than_policy_allows_is_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = install_fake_clock(monkeypatch)
-    emu = UnkeyEmulator.quick(
-        root_key=ROOT_KEY,
-        api_id=API_ID,
-        migration_id=MIGRATION_ID,
-        rate_limit=1,
-        rate_limit_window=30,
-        # Time stands still at a window's start (windows are aligned to Unix time, and Reset counts to
-        # the window's end): Retry-After is the whole window, 30 s.
-        rate_limit_clock=lambda: 1_800_000_000.0,
-    )
+    emu = one_request_per_still_window()
     with emu:
         client = UnkeyClient(ROOT_KEY, emu.url, retry=RetryPolicy(max_attempts=5, max_retry_after=2))
         client.migrate_keys(MIGRATION_ID, API_ID, keys_for("sk_rl_a"))

@@ -28,8 +28,9 @@ from airflow_provider_unkey.migration.batching import Batch, Batcher
 from airflow_provider_unkey.migration.outcomes import OutcomeWriter
 from airflow_provider_unkey.migration.sending import MigrationEngine
 from airflow_provider_unkey.migration.throttle import PROBE_EVERY, BatchSizer, ConcurrencyLimiter
-from airflow_provider_unkey.testing import RequestRecord, UnkeyEmulator
+from airflow_provider_unkey.testing import UnkeyEmulator
 from tests.migration.test_engine import API, MIGRATE, MIGRATION, ROOT, b64, batch_of
+from tests.testing.test_emulator_capacity import max_overlap
 
 #: Retries in milliseconds.
 FAST = RetryPolicy(max_attempts=3, max_elapsed=10, initial_wait=0.001, max_wait=0.004, jitter=0.0)
@@ -129,19 +130,6 @@ class Hold:
 
         # The pipeline looks the route up per request.
         setattr(routes, "migrate", migrate)  # noqa: B010
-
-
-def max_overlap(records: list[RequestRecord]) -> int:
-    """The most ``[admitted, released]`` intervals open at once (a release before an admission at a tie)."""
-    events: list[tuple[float, int]] = []
-    for r in records:
-        if r.admitted is not None and r.released is not None:
-            events += [(r.admitted, 1), (r.released, -1)]
-    open_now = peak = 0
-    for _, step in sorted(events):
-        open_now += step
-        peak = max(peak, open_now)
-    return peak
 
 
 @pytest.fixture

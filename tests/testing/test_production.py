@@ -8,23 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import requests
 
-from airflow_provider_unkey.testing import ProductionBurst, ProductionStats, UnkeyEmulator, sha256_base64
+from airflow_provider_unkey.testing import ProductionBurst, ProductionStats, UnkeyEmulator
 from tests.testing.clocks import W0, FakeClock
-
-AUTH = {"Authorization": "Bearer unkey_root_test"}
-MIGRATE = "/v2/keys.migrateKeys"
-PATIENCE = 30.0  # seconds a test waits for a state before it fails (never reached on a sane machine)
-
-
-def key(i: int) -> dict[str, Any]:
-    return {"hash": sha256_base64(f"sk_live_{i}")}
-
-
-def migrate(emu: UnkeyEmulator, *keys: dict[str, Any]) -> requests.Response:
-    payload = {"migrationId": "mig_test", "apiId": "api_test", "keys": list(keys)}
-    return requests.post(f"{emu.url}{MIGRATE}", json=payload, headers=AUTH, timeout=PATIENCE)
+from tests.testing.test_emulator_capacity import PATIENCE, key, migrate
 
 
 def emulator(clock: FakeClock, **kw: Any) -> UnkeyEmulator:
