@@ -155,8 +155,6 @@ class MigrationEngine:
             raise ValueError(f"time_budget must be a number of seconds above 0, got {time_budget!r}")
         self.time_budget = time_budget
         self._deadline = math.inf
-        #: Batches the rate limit refused and the engine sent again.
-        self.requeued = 0
         self.sizer = (
             BatchSizer(batcher.batch_size, max(batcher.batch_size, MAX_ADAPTIVE_BATCH_SIZE))
             if adaptive
@@ -405,8 +403,6 @@ class MigrationEngine:
                     if time.monotonic() >= self._deadline:
                         self._out_of_time(part)
                     else:
-                        with self._lock:
-                            self.requeued += 1
                         stack.append(part)
                 elif action is Action.ABORT:
                     assert isinstance(exc, UnkeyAPIError)  # only statuses abort
