@@ -13,12 +13,14 @@ traffic always finds the headroom free:
   window weighing ``1 - elapsed``), so it knows its own part of the estimate at any moment, and when a
   window ends it does not burst: the previous window still counts.
 * Each answer's ``Remaining`` less its own part is what the others use (production, and other tasks
-  of the same migration); the highest such figure of the last moments is taken as theirs.
+  of the same migration); the highest such figure of the last moments is taken as theirs, and while
+  it rises, its rise is taken to go on until an answer says otherwise.
 * A request goes when its own part plus the others' plus itself stays within the target, and no
   sooner than ``window / room`` after the one before, so that the room is used evenly over the window.
   Others that rise make it wait (a surge of production is yielded to within one answer); others that
-  fall give the room back. While it waits without answers to learn from, a lone request now and then
-  (every 5 s at first, doubling up to a window) asks what the room is.
+  fall give the room back. While the others leave no room and nothing is sent to learn from, a lone
+  request now and then (every 15 s at first, doubling up to a window; once every two windows when it
+  could take the workspace past half the headroom) asks what the room is.
 * Before the first answer states the limit, one request at a time goes out.
 * A 429 holds every request back for ``Retry-After`` (at least a second: Unkey's truncated ``0`` means
   "within the second"), plus jitter, and a refused request no longer counts as sent.
@@ -355,9 +357,14 @@ class RatePacer:
             return 0.0, False
         if self._in_flight or room >= 1:
             return wait, False
-        # The others leave no room, and nothing is sent to learn from: now and then a lone request
-        # asks whether they still use it all.
+        # The others leave no room, and nothing is sent to learn from: now and then a lone request asks
+        # whether they still use it all. Not while that request could itself take the workspace into
+        # the second half of its headroom (every task of a migration may ask at once), unless two
+        # windows have passed without a word: what the others use then is anybody's guess.
         probe_in = self._last_seen + self._probe_after - now
-        if probe_in <= 0:
+        if probe_in > 0:
+            return min(wait, probe_in), False
+        safe = self._own(now) + self._theirs(now) + 1 <= limit * (1 - self.headroom / 2)
+        if safe or now - self._last_seen >= 2 * self.window:
             return 0.0, True
-        return min(wait, probe_in), False
+        return min(wait, self._last_seen + 2 * self.window - now, self._probe_after), False

@@ -301,26 +301,44 @@ def test_others_that_rise_make_it_wait_at_once_and_others_that_fall_give_room_ba
     assert pacer.try_acquire()[0] is not None
 
 
-def test_when_others_leave_no_room_a_lone_probe_asks_now_and_then() -> None:
+@pytest.mark.parametrize(
+    ("remaining", "gaps"),
+    [
+        # Others use 80 of 100, more than the 75 the migration aims at: a probe now and then (every
+        # 15 s at first, then 30, then once a window), as it cannot take the workspace past 87.5.
+        (19, [15.0, 30.0, 60.0, 60.0]),
+        # Others use 94: a probe could take the workspace into the last half of the headroom, so it
+        # waits until two windows passed without a word.
+        (5, [120.0, 120.0, 120.0]),
+    ],
+    ids=["room-for-a-probe", "no-room-for-a-probe"],
+)
+def test_when_others_leave_no_room_a_lone_probe_asks_now_and_then(remaining: int, gaps: list[float]) -> None:
     clock = Clock()
     pacer = RatePacer(0.25, clock=clock)
     ticket, _ = pacer.try_acquire()
     assert ticket is not None
-    answer(pacer, ticket, clock, 200, RateLimitState(100, 5, 30))  # others use 94: no room at all
-    sent = []
-    for _ in range(400):
+    answer(pacer, ticket, clock, 200, RateLimitState(100, remaining, 30))
+    sent = [clock.now]
+    while clock.now < T0 + 600:
         ticket, delay = pacer.try_acquire()
         if ticket is None:
             clock.now += delay
             continue
         sent.append(clock.now)
         assert ticket.probe
-        answer(pacer, ticket, clock, 200, RateLimitState(100, 5, 30))
-        if clock.now > T0 + 600:
-            break
-    gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert gaps[:3] == pytest.approx([30.0, 60.0, 60.0], abs=0.2), gaps
-    assert all(g >= 15.0 for g in gaps)
+        answer(pacer, ticket, clock, 200, RateLimitState(100, remaining, 30))
+    seen = [b - a for a, b in itertools.pairwise(sent)]
+    assert seen[: len(gaps)] == pytest.approx(gaps, abs=0.2), seen
+
+
+def test_a_long_surge_of_production_below_the_limit_is_never_refused() -> None:
+    """Production at 90 % of the limit for two and a half minutes, far more than the headroom: the
+    tasks stop sending and their part fades as production's grows, so production is never refused."""
+    for tasks in (1, 4):
+        out = simulate(tasks=tasks, surge=(120.0, 150.0, 54.0), seconds=420)
+        assert out.production_refused == 0, tasks
+        assert out.refused <= 0.02 * (len(out.accepted) + out.refused)
 
 
 def test_acquire_gives_up_when_the_run_stops_or_its_time_is_up() -> None:
