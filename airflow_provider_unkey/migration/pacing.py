@@ -145,6 +145,11 @@ class RatePacer:
 
     # --- what the limiter counts --------------------------------------------------------------------
     @property
+    def known(self) -> bool:
+        """Whether an answer came, so that the workspace's limit (or its having none) is known."""
+        return self._known
+
+    @property
     def limited(self) -> bool:
         """Whether the workspace has a rate limit (an answer stated one)."""
         return self._limit is not None

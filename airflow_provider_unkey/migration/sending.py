@@ -492,6 +492,10 @@ class MigrationEngine:
         def room() -> int:
             # Twice the concurrency: while the main thread prepares the next record batch, workers
             # that finish a request find a batch waiting (the gate in _enter holds the rest back).
+            # But while the rate limit is unknown or holds the run back, requests are the scarce
+            # thing: a batch built now would wait with today's size, one built later carries more.
+            if not self.pacer.known or self.pacer.holding:
+                return 2
             return 2 * self.concurrency()
 
         def reap(pending: set[Future[None]]) -> set[Future[None]]:
