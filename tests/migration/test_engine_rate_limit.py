@@ -126,3 +126,16 @@ def test_the_operator_takes_its_time_budget_from_execution_timeout() -> None:
     assert budget(None) is None
     assert budget(dt.timedelta(minutes=30)) == 30 * 60 - 60  # a minute kept to write the outputs
     assert budget(dt.timedelta(seconds=100)) == 90  # a tenth of a short one
+
+
+def test_while_the_pace_holds_the_run_back_batches_are_built_late_and_large(tmp_path: Path) -> None:
+    """Under a binding rate limit the engine builds only two batches ahead: the ones built later carry
+    the grown size, rather than a queue of batches of the first size each spending a request."""
+    with UnkeyEmulator.quick(
+        root_key=ROOT, api_id=API, migration_id=MIGRATION, rate_limit=20, rate_limit_window=2.0
+    ) as emu:
+        summary = run(emu, tmp_path, 20_000, batch_size=100, rate_limit_window=2.0, rate_limit_headroom=0.0)
+        sizes = [len(r.hashes) for r in emu.requests if r.path == MIGRATE]
+    assert summary.migrated == 20_000 and summary.throttle["paced_seconds"] > 0
+    assert sizes.count(100) <= 3, sizes  # the first request, and at most two built before it answered
+    assert max(sizes) > 100
