@@ -115,6 +115,7 @@ class Run:
     waited_seconds: float = 0.0
     share_peak: float = 0.0
     share_mean: float = 0.0
+    workspace_peak: float = 0.0  # the whole workspace's highest use a migration answer stated, 0-1
     final_batch_size: int = 0
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -199,6 +200,7 @@ def run_scenario(scenario: Scenario, repeat: int, table: pa.Table, work: Path) -
         run.waited_seconds = max(run.waited_seconds, float(throttle.get("paced_seconds", 0.0)))
         run.share_peak += float(throttle.get("rate_limit_share_peak", 0.0))
         run.share_mean += float(throttle.get("rate_limit_share_mean", 0.0))
+        run.workspace_peak = max(run.workspace_peak, float(throttle.get("rate_limit_workspace_peak", 0.0)))
         run.final_batch_size = max(run.final_batch_size, int(throttle.get("final_batch_size", 0)))
     return run
 
@@ -260,8 +262,9 @@ def fmt(values: list[float], pattern: str) -> str:
 def table_md(runs: list[Run]) -> list[str]:
     lines = [
         "| scenario | repeats | production refused / sent | migration requests | 429 share | migrated"
-        " | gave_up | requests/min (room) | room used | waited s | share of limit: peak / mean | final batch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | gave_up | requests/min (room) | room used | waited s | share of limit: peak / mean"
+        " | workspace peak | final batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by: dict[str, list[Run]] = {}
     for r in runs:
@@ -282,6 +285,7 @@ def table_md(runs: list[Run]) -> list[str]:
                     fmt([r.room_used for r in rs], "{:.2f}"),
                     fmt([r.waited_seconds for r in rs], "{:.0f}"),
                     f"{fmt([r.share_peak * 100 for r in rs], '{:.0f}%')} / {fmt([r.share_mean * 100 for r in rs], '{:.0f}%')}",
+                    fmt([r.workspace_peak * 100 for r in rs], "{:.0f}%"),
                     fmt([r.final_batch_size for r in rs], "{:,.0f}"),
                 ]
             )

@@ -142,6 +142,8 @@ class RatePacer:
         self.counted = 0
         #: The highest share of the limit this run's own requests held at once, as the limiter counts.
         self.peak_share = 0.0
+        #: The highest share of the limit the whole workspace used, as an answer stated it.
+        self.peak_workspace_share = 0.0
 
     # --- what the limiter counts --------------------------------------------------------------------
     @property
@@ -260,6 +262,7 @@ class RatePacer:
             self._limit = state.limit
             # What the whole workspace uses, this request included; a 429 says it was full.
             used = state.limit if attempt.status == 429 else state.limit - state.remaining
+            self.peak_workspace_share = max(self.peak_workspace_share, used / state.limit)
             others = max(0.0, used - self._own(sent_at, upto=sent_at))
             self._others.append((now, others))
             self._last_seen = now

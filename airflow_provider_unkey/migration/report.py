@@ -247,6 +247,10 @@ def write_report(
                     "share of the limit this run used: peak / mean",
                     f"{throttle['rate_limit_share_peak']:.0%} / {throttle['rate_limit_share_mean']:.0%}",
                 ),
+                (
+                    "the whole workspace's highest use, as answers stated it",
+                    f"{throttle.get('rate_limit_workspace_peak', 0.0):.0%}",
+                ),
             ]
     lines += _table(["", ""], speed)
     lines.append("")

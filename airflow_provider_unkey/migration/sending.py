@@ -260,6 +260,7 @@ class MigrationEngine:
             "rate_limit_headroom": self.pacer.headroom,
             "rate_limit_share_peak": round(self.pacer.peak_share, 4),
             "rate_limit_share_mean": round(self.pacer.mean_share() or 0.0, 4),
+            "rate_limit_workspace_peak": round(self.pacer.peak_workspace_share, 4),
         }
 
     def wait_idle(self, timeout: float) -> bool:

@@ -288,6 +288,7 @@ def test_others_that_rise_make_it_wait_at_once_and_others_that_fall_give_room_ba
     # Production surged: the workspace now uses 80 of 100, over the 75 the migration aims at.
     answer(pacer, ticket, clock, 200, RateLimitState(100, 20, 28))
     assert pacer.try_acquire()[0] is None, "yields on the answer that shows the rise"
+    assert pacer.peak_workspace_share == pytest.approx(0.8)
     # Twenty seconds later production is back to 20: the next answer says so, and the room is back.
     clock.now += 20.0
     for _ in range(50):

@@ -144,6 +144,7 @@ def test_the_report_shows_the_wait_for_the_rate_limit_and_the_share_used(tmp_pat
         "rate_limit_headroom": 0.25,
         "rate_limit_share_peak": 0.4123,
         "rate_limit_share_mean": 0.38,
+        "rate_limit_workspace_peak": 0.7667,
     }
     write_report(tmp_path, summary(throttle=throttle), None, facts={}, outputs={})
     text = (tmp_path / REPORT_FILE).read_text()
@@ -151,6 +152,7 @@ def test_the_report_shows_the_wait_for_the_rate_limit_and_the_share_used(tmp_pat
     assert "| answers that were 429 | 3 |" in text
     assert "| workspace rate limit: requests a window / left free | 600 / 25% |" in text
     assert "| share of the limit this run used: peak / mean | 41% / 38% |" in text
+    assert "| the whole workspace's highest use, as answers stated it | 77% |" in text
     # Without a limit, the lines about it are left out.
     write_report(tmp_path, summary(), None, facts={}, outputs={})
     assert "workspace rate limit" not in (tmp_path / REPORT_FILE).read_text()

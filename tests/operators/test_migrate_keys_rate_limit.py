@@ -51,6 +51,7 @@ def check(emu: UnkeyEmulator, summaries: list[dict], keys: int) -> None:
         assert throttle["rate_limit"] == LIMIT and throttle["rate_limit_headroom"] == 0.25
         # The task never held more than the limit less the headroom less production's third.
         assert 0 < throttle["rate_limit_share_peak"] <= 1 - 0.25 - 1 / 3 + 2 / LIMIT
+        assert throttle["rate_limit_workspace_peak"] < 1
 
 
 def test_a_task_leaves_production_its_room(airflow_db: None, shared: UnkeyEmulator, tmp_path: Path) -> None:
