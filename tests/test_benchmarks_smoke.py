@@ -103,3 +103,22 @@ def test_the_plot_is_drawn_when_matplotlib_is_installed(smoke: tuple) -> None:
         )
     _, document, out = smoke
     assert (out / "plots" / "keys_per_second.png").exists(), document.get("plots")
+
+
+def test_the_shared_workspace_benchmark_smoke_run_meets_its_goals(tmp_path: Path) -> None:
+    """``benchmarks.shared_workspace --smoke``: the compressed window, 2,000 keys, once, beside
+    production traffic; it exits 0 only when its goals hold (no production call refused, no 429 over
+    5 %, every key migrated, none given up), and its JSON records the run."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.shared_workspace", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (found,) = tmp_path.glob("shared-*.json")
+    (run,) = json.loads(found.read_text())
+    assert run["scenario"] == "compressed" and run["migrated"] == KEYS
+    assert run["production_refused"] == 0 and run["gave_up"] == 0 and run["refused"] == 0
