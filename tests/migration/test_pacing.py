@@ -21,19 +21,10 @@ import pytest
 from airflow_provider_unkey.client import MIGRATE_KEYS_PATH
 from airflow_provider_unkey.migration.pacing import RatePacer, Ticket
 from airflow_provider_unkey.retries import RATE_LIMIT_WAIT_FLOOR, Attempt, RateLimitState
+from tests.testing.clocks import FakeClock
 
 #: A Unix time in the middle of a minute, so that a run starts inside a window as real runs do.
 T0 = 1_800_000_020.0
-
-
-class Clock:
-    """A clock the test advances."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class UnkeyLimiter:
@@ -88,7 +79,7 @@ def simulate(
     ``production`` requests a minute (``surge``: from, for how long, at what rate a minute), for
     ``seconds`` after two windows of production alone."""
     rng = random.Random(seed)
-    clock = Clock()
+    clock = FakeClock(T0)
     server = UnkeyLimiter(limit, window)
     pacers = [RatePacer(headroom, window, clock=clock, rng=random.Random(seed + i)) for i in range(tasks)]
     start = T0 + 2 * window
@@ -214,7 +205,7 @@ def test_no_burst_when_a_window_ends() -> None:
 def answer(
     pacer: RatePacer,
     ticket: Ticket,
-    clock: Clock,
+    clock: FakeClock,
     status: int,
     state: RateLimitState | None,
     retry_after: float | None = None,
@@ -224,7 +215,7 @@ def answer(
 
 
 def test_before_the_first_answer_one_request_at_a_time() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     pacer = RatePacer(clock=clock)
     first, _ = pacer.try_acquire()
     assert first is not None
@@ -236,7 +227,7 @@ def test_before_the_first_answer_one_request_at_a_time() -> None:
 
 
 def test_without_rate_limit_headers_nothing_waits() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     pacer = RatePacer(clock=clock)
     ticket, _ = pacer.try_acquire()
     assert ticket is not None
@@ -249,7 +240,7 @@ def test_without_rate_limit_headers_nothing_waits() -> None:
 def test_a_429_holds_every_request_back_for_its_retry_after_and_at_least_a_second(
     retry_after: float,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     pacer = RatePacer(clock=clock, jitter=0.0)
     ticket, _ = pacer.try_acquire()
     assert ticket is not None
@@ -265,7 +256,7 @@ def test_a_429_holds_every_request_back_for_its_retry_after_and_at_least_a_secon
 def test_the_jitter_after_a_429_differs_between_tasks() -> None:
     waits = set()
     for seed in range(5):
-        clock = Clock()
+        clock = FakeClock(T0)
         pacer = RatePacer(clock=clock, jitter=0.5, rng=random.Random(seed))
         ticket, _ = pacer.try_acquire()
         assert ticket is not None
@@ -277,7 +268,7 @@ def test_the_jitter_after_a_429_differs_between_tasks() -> None:
 
 
 def test_others_that_rise_make_it_wait_at_once_and_others_that_fall_give_room_back() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     pacer = RatePacer(0.25, clock=clock)
     ticket, _ = pacer.try_acquire()
     assert ticket is not None
@@ -315,7 +306,7 @@ def test_others_that_rise_make_it_wait_at_once_and_others_that_fall_give_room_ba
     ids=["room-for-a-probe", "no-room-for-a-probe"],
 )
 def test_when_others_leave_no_room_a_lone_probe_asks_now_and_then(remaining: int, gaps: list[float]) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     pacer = RatePacer(0.25, clock=clock)
     ticket, _ = pacer.try_acquire()
     assert ticket is not None
@@ -343,7 +334,7 @@ def test_a_long_surge_of_production_below_the_limit_is_never_refused() -> None:
 
 
 def test_acquire_gives_up_when_the_run_stops_or_its_time_is_up() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     pacer = RatePacer(clock=clock, jitter=0.0)
     ticket, _ = pacer.try_acquire()
     assert ticket is not None

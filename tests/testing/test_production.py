@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from airflow_provider_unkey.testing import ProductionBurst, ProductionStats, UnkeyEmulator
 from tests.testing.clocks import W0, FakeClock
-from tests.testing.test_emulator_capacity import PATIENCE, key, migrate
+from tests.testing.test_emulator_capacity import key, migrate, wait_for
 
 
 def emulator(clock: FakeClock, **kw: Any) -> UnkeyEmulator:
@@ -192,12 +190,3 @@ def test_bursts_are_checked_and_parsed() -> None:
             ProductionBurst(*args)
     with pytest.raises(ValueError, match="per_minute"):
         UnkeyEmulator(production_per_minute=float("nan"))
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll until ``condition`` holds."""
-    give_up = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"never reached: {what}")
-        time.sleep(0.005)
