@@ -201,9 +201,15 @@ def test_adaptive_never_has_more_in_flight_than_the_limit_at_the_time(
     first_limit = engine.limiter.limit
     assert first_limit < cap  # workers (one per place of the cap) outnumber the limit
     gate = watch(engine)
-    # The first requests wait in their route until the limit is in flight and a worker waits for a
-    # place (a gate letting one too many through lets it through before any worker waits).
-    Hold(emu, lambda: engine._in_flight >= engine.concurrency() and gate.waiting > 0)
+    # After the first answer (until it states whether there is a rate limit, the engine sends one
+    # request and builds two batches ahead), requests wait in their route until the limit is in
+    # flight and a worker waits for a place (a gate letting one too many through lets it through
+    # before any worker waits).
+    Hold(
+        emu,
+        lambda: engine._in_flight >= engine.concurrency() and gate.waiting > 0,
+        first_answered=True,
+    )
     emu.set_faults(latency=0.003, error_rate=0.05, error_statuses=(502,))
     run(engine, writer, small_batches(80, 4))
 

@@ -49,9 +49,12 @@ def check(emu: UnkeyEmulator, summaries: list[dict], keys: int) -> None:
     for s in summaries:
         throttle = s["throttle"]
         assert throttle["rate_limit"] == LIMIT and throttle["rate_limit_headroom"] == 0.25
-        # The task never held more than the limit less the headroom less production's third.
-        assert 0 < throttle["rate_limit_share_peak"] <= 1 - 0.25 - 1 / 3 + 2 / LIMIT
-        assert throttle["rate_limit_workspace_peak"] < 1
+        # The task never held more than the limit less the headroom less production's third, but for
+        # a few requests: the limiter floors production's part (it reads up to one request low), and
+        # the task learns of production's requests only from its own answers.
+        assert 0 < throttle["rate_limit_share_peak"] <= 1 - 0.25 - 1 / 3 + 4 / LIMIT
+        # So the whole workspace stayed within the limit less the headroom, but for those requests.
+        assert throttle["rate_limit_workspace_peak"] <= 1 - 0.25 + 3 / LIMIT
 
 
 def test_a_task_leaves_production_its_room(airflow_db: None, shared: UnkeyEmulator, tmp_path: Path) -> None:
