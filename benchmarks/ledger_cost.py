@@ -38,8 +38,8 @@ import pyarrow as pa
 
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration.engine import MigrationConfig, run_migration
-from airflow_provider_unkey.migration.hashes import encode
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter, read_ledger
+from airflow_provider_unkey.migration.prepare.hashes import encode
 from benchmarks.emulator_throughput import API_ID, MIGRATION_ID, ROOT_KEY, start_emulator
 
 WIRE = "sha256_base64"

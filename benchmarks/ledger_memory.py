@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_unkey.migration.hashes import encode
 from airflow_provider_unkey.migration.ledger import LEDGER_SCHEMA, KnownHashes, LedgerScope
+from airflow_provider_unkey.migration.prepare.hashes import encode
 
 WIRE = "sha256_base64"
 SEED = 20_261_126

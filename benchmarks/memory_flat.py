@@ -30,7 +30,7 @@ def measure(n: int) -> dict[str, float]:
 
     from airflow_provider_unkey.client import UnkeyClient
     from airflow_provider_unkey.migration.engine import MigrationConfig, run_migration
-    from airflow_provider_unkey.migration.sources import ParquetSource
+    from airflow_provider_unkey.migration.read import ParquetSource
     from benchmarks.emulator_throughput import API_ID, MIGRATION_ID, ROOT_KEY, start_emulator
 
     with tempfile.TemporaryDirectory() as tmp:

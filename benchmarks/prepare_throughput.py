@@ -24,8 +24,8 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from airflow_provider_unkey.migration import hashes
-from airflow_provider_unkey.migration.prepare import KeyPreparer, resolve_mapping
+from airflow_provider_unkey.migration.prepare import hashes
+from airflow_provider_unkey.migration.prepare.preparer import KeyPreparer, resolve_mapping
 
 BATCH = 65_536
 

@@ -53,7 +53,7 @@ from airflow_provider_unkey.migration.engine import (
     MigrationConfig,
     run_migration,
 )
-from airflow_provider_unkey.migration.sources import ParquetSource
+from airflow_provider_unkey.migration.read import ParquetSource
 from benchmarks import peers
 from benchmarks._common import (
     API_ID,

@@ -18,7 +18,7 @@ CORE = [
     PACKAGE / "client.py",
     PACKAGE / "retries.py",
     PACKAGE / "exceptions.py",
-    *sorted((PACKAGE / "migration").glob("*.py")),
+    *sorted((PACKAGE / "migration").rglob("*.py")),
     *sorted((PACKAGE / "testing").glob("*.py")),
 ]
 

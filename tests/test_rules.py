@@ -298,8 +298,8 @@ def test_every_mappable_field_has_a_kernel_and_a_row_conversion(path: str) -> No
     """Chosen by JSON type from the table; both agree on a valid value and refuse a wrong one."""
     import pyarrow as pa
 
-    from airflow_provider_unkey.migration.kernels import kernel_for
-    from airflow_provider_unkey.migration.row_values import converter_for
+    from airflow_provider_unkey.migration.prepare.kernels import kernel_for
+    from airflow_provider_unkey.migration.prepare.row_values import converter_for
 
     good: dict[str, Any] = {
         "string": "monthly" if rules.field(path).enum else "abc",

@@ -16,16 +16,16 @@ from types import MappingProxyType
 from typing import Any
 
 from airflow_provider_unkey.client import RetryPolicy
-from airflow_provider_unkey.migration.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES
-from airflow_provider_unkey.migration.hashes import HASH_FORMATS
-from airflow_provider_unkey.migration.pacing import (
+from airflow_provider_unkey.migration.prepare.hashes import HASH_FORMATS
+from airflow_provider_unkey.migration.prepare.preparer import KEY_FIELD_PATHS
+from airflow_provider_unkey.migration.send.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES
+from airflow_provider_unkey.migration.send.pacing import (
     DEFAULT_RATE_LIMIT_HEADROOM,
     UNKEY_RATE_LIMIT_WINDOW,
     check_headroom,
     check_window,
 )
-from airflow_provider_unkey.migration.prepare import KEY_FIELD_PATHS
-from airflow_provider_unkey.migration.sending import DEFAULT_MAX_CONCURRENCY
+from airflow_provider_unkey.migration.send.sending import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_unkey.rules import MAX_BODY_BYTES, canonical_algorithm
 
 __all__ = ["MIN_REQUEST_BYTES", "MigrationConfig"]
@@ -82,7 +82,7 @@ class MigrationConfig:
     :param column_mapping: key field -> source column (``None``: every field whose name is a column of
         the source). Kept as a read-only mapping.
     :param hash_format: what the hash column holds, one of
-        :data:`~airflow_provider_unkey.migration.hashes.HASH_FORMATS`.
+        :data:`~airflow_provider_unkey.migration.prepare.hashes.HASH_FORMATS`.
     :param algorithm: the migration's algorithm, ``sha256`` or the seam algorithm (alias ``seam``);
         kept under its canonical name (:func:`~airflow_provider_unkey.rules.canonical_algorithm`).
     :param list_delimiter: separates roles or permissions held in one text column.

@@ -19,16 +19,16 @@ import pyarrow as pa
 
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyError
-from airflow_provider_unkey.migration.batching import Batch, Batcher
 from airflow_provider_unkey.migration.config import MigrationConfig
-from airflow_provider_unkey.migration.dedupe import DigestSet
-from airflow_provider_unkey.migration.failures import MigrationAborted
+from airflow_provider_unkey.migration.dedupe.digests import DigestSet
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerWriter
-from airflow_provider_unkey.migration.outcomes import OutcomeWriter, Reason, Stage
-from airflow_provider_unkey.migration.prepare import KeyPreparer, PreparedRows, resolve_mapping
-from airflow_provider_unkey.migration.reporting import MigrationSummary, Progress
-from airflow_provider_unkey.migration.sending import MigrationEngine
-from airflow_provider_unkey.migration.timeline import Timeline
+from airflow_provider_unkey.migration.prepare.preparer import KeyPreparer, PreparedRows, resolve_mapping
+from airflow_provider_unkey.migration.record.outcomes import OutcomeWriter, Reason, Stage
+from airflow_provider_unkey.migration.record.progress import MigrationSummary, Progress
+from airflow_provider_unkey.migration.record.timeline import Timeline
+from airflow_provider_unkey.migration.send.batching import Batch, Batcher
+from airflow_provider_unkey.migration.send.failures import MigrationAborted
+from airflow_provider_unkey.migration.send.sending import MigrationEngine
 
 
 class InvariantError(UnkeyError):
@@ -123,7 +123,7 @@ def run_migration(
     :param output_dir: a local directory for the two Parquet files.
     :param total_rows: the number of source rows, when known, for progress and ETA.
     :param emit: where progress lines go (default: the logger of
-        :mod:`~airflow_provider_unkey.migration.reporting`).
+        :mod:`~airflow_provider_unkey.migration.record.progress`).
     :param ledger: records every new outcome durably; closed (flushed and compacted) at the end.
     :param known: what the ledger held before the run (:meth:`KnownHashes.load`): hashes an earlier try
         of this task instance recorded as existing get that outcome again; hashes other runs recorded

@@ -1,7 +1,7 @@
 """Airflow glue for sources and sinks: storage URIs through ``ObjectStoragePath``, SQL through ``DbApiHook``.
 
-The readers and writers themselves live in :mod:`airflow_provider_unkey.migration.sources`,
-:mod:`~airflow_provider_unkey.migration.sinks` and :mod:`~airflow_provider_unkey.migration.partition`
+The readers and writers themselves live in :mod:`airflow_provider_unkey.migration.read`,
+:mod:`~airflow_provider_unkey.migration.record.sinks` and :mod:`~airflow_provider_unkey.migration.read.partition`
 and know nothing of Airflow; this module only turns connection ids and URIs into what they take.
 
 Paths may be local paths (``/data/keys.parquet``) or any ``ObjectStoragePath`` URI, with the Airflow
@@ -21,9 +21,8 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, ObjectStoragePath
 
 from airflow_provider_unkey._compat import storage_conn_id
-from airflow_provider_unkey.migration import partition
-from airflow_provider_unkey.migration.sinks import OUTPUT_FILES, SqlOutcomeSink, copy_outputs
-from airflow_provider_unkey.migration.sources import ParquetSource, SqlSource
+from airflow_provider_unkey.migration.read import ParquetSource, SqlSource, partition
+from airflow_provider_unkey.migration.record.sinks import OUTPUT_FILES, SqlOutcomeSink, copy_outputs
 
 PathLike = str | os.PathLike[str] | ObjectStoragePath
 _LOCAL_PROTOCOLS = ("", "file", "local")
@@ -68,7 +67,7 @@ def _resolve(path_or_uri: PathLike | Sequence[PathLike]) -> tuple[pafs.FileSyste
 
 
 def parquet_source(path_or_uri: PathLike | Sequence[PathLike], **kwargs: Any) -> ParquetSource:
-    """A :class:`~airflow_provider_unkey.migration.sources.ParquetSource` on any storage.
+    """A :class:`~airflow_provider_unkey.migration.read.ParquetSource` on any storage.
 
     :param path_or_uri: a file, a directory, a glob, or a list of files: local paths or
         ``ObjectStoragePath`` URIs (``s3://conn_id@bucket/keys/``).
@@ -122,7 +121,7 @@ def sql_source(
     hook_params: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> SqlSource:
-    """A :class:`~airflow_provider_unkey.migration.sources.SqlSource` on an Airflow SQL connection.
+    """A :class:`~airflow_provider_unkey.migration.read.SqlSource` on an Airflow SQL connection.
 
     Connections are opened through the hook (``hook.get_conn``); PostgreSQL and MySQL read through a
     server-side cursor.
@@ -170,7 +169,7 @@ def write_outcomes_to_sql(
     """Append a run's outcomes to ``<table_prefix>_migrated`` and ``<table_prefix>_failed``.
 
     The tables are created when missing; see
-    :class:`~airflow_provider_unkey.migration.sinks.SqlOutcomeSink`.
+    :class:`~airflow_provider_unkey.migration.record.sinks.SqlOutcomeSink`.
 
     :param conn_id: an Airflow connection to an SQL database.
     :param table_prefix: an SQL identifier, optionally schema-qualified.
@@ -199,10 +198,10 @@ def parquet_partitions(
     :param path_or_uri: the source, as :func:`parquet_source` takes it.
     :param n: how many partitions at most.
     :param by: ``auto``, ``files`` or ``row_groups`` (see
-        :func:`~airflow_provider_unkey.migration.partition.parquet_partitions`): each task reads its
+        :func:`~airflow_provider_unkey.migration.read.partition.parquet_partitions`): each task reads its
         share of the files; or ``hash``: each task reads the whole source and keeps the rows whose hash
         falls in its partition, so duplicates across files are caught (see
-        :func:`~airflow_provider_unkey.migration.partition.parquet_hash_partitions`).
+        :func:`~airflow_provider_unkey.migration.read.partition.parquet_hash_partitions`).
     :param hash_column: with ``by="hash"``: the column that holds the hash.
     :param hash_format: with ``by="hash"``: what that column holds.
     :return: ``[{"parquet_path": ..., "partition": {"by": "row_groups", "row_groups": {...}}}, ...]``
@@ -229,7 +228,7 @@ def sql_partitions(
     :param n: how many partitions at most.
     :param hash_format: ``sha256_base64``, ``sha256_hex`` or ``sha256_binary`` (a ``BYTEA`` or
         ``BINARY(32)`` column of raw digests: split by its first byte).
-    :return: ``[{"sql": ...}, ...]``; see :func:`~airflow_provider_unkey.migration.partition.sql_partitions`.
+    :return: ``[{"sql": ...}, ...]``; see :func:`~airflow_provider_unkey.migration.read.partition.sql_partitions`.
     """
     dialect = _dialect(sql_hook(sql_conn_id))
     return partition.sql_partitions(sql, hash_column, n, hash_format=hash_format, dialect=dialect)

@@ -31,13 +31,13 @@ from airflow_provider_unkey.migration.engine import (
     RunControl,
     run_migration,
 )
-from airflow_provider_unkey.migration.hashes import wire_format
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter
-from airflow_provider_unkey.migration.outcomes import Reason
-from airflow_provider_unkey.migration.partition import check_partition
-from airflow_provider_unkey.migration.report import write_report
-from airflow_provider_unkey.migration.sinks import OUTPUT_FILES
-from airflow_provider_unkey.migration.timeline import Timeline
+from airflow_provider_unkey.migration.prepare.hashes import wire_format
+from airflow_provider_unkey.migration.read.partition import check_partition
+from airflow_provider_unkey.migration.record.outcomes import Reason
+from airflow_provider_unkey.migration.record.report import write_report
+from airflow_provider_unkey.migration.record.sinks import OUTPUT_FILES
+from airflow_provider_unkey.migration.record.timeline import Timeline
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -373,7 +373,7 @@ class MigrateKeysOperator(BaseOperator):
     def _only_my_partition(
         source: Iterable[pa.RecordBatch], spec: Mapping[str, Any], config: MigrationConfig
     ) -> Iterator[pa.RecordBatch]:
-        from airflow_provider_unkey.migration.partition import hash_partition_mask
+        from airflow_provider_unkey.migration.read.partition import hash_partition_mask
 
         mapped = (config.column_mapping or {}).get("hash", "hash")
         column, index, count = spec.get("column", mapped), int(spec["index"]), int(spec["count"])

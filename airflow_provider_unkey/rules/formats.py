@@ -3,11 +3,11 @@
 A migration id names its algorithm. ``sha256`` (Unkey's native) takes the standard padded base64 of
 the SHA-256 digest of the whole key; the seam algorithm (``github.com/seamapi/prefixed-api-key``)
 takes the lowercase hex SHA-256 of the key's long token. The vectorised checks in
-:mod:`airflow_provider_unkey.migration.hashes` and the preparer's messages read these entries.
+:mod:`airflow_provider_unkey.migration.prepare.hashes` and the preparer's messages read these entries.
 
 The table holds the text Unkey takes. A source may also hold the raw 32-byte digest in a binary
 column (``sha256_binary``); that is a source format only, never on the wire, so it is defined in
-:mod:`airflow_provider_unkey.migration.hashes` and not here.
+:mod:`airflow_provider_unkey.migration.prepare.hashes` and not here.
 """
 
 from __future__ import annotations

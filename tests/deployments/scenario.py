@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pyarrow.parquet as pq
 
-from airflow_provider_unkey.migration import partition
+from airflow_provider_unkey.migration.read import partition
 from airflow_provider_unkey.testing import Faults, UnkeyEmulator
 from tests import databases
 from tests.deployments import harness

@@ -31,8 +31,8 @@ from airflow_provider_unkey.migration.engine import (
     MigrationSummary,
     run_migration,
 )
-from airflow_provider_unkey.migration.outcomes import OutcomeWriter
-from airflow_provider_unkey.migration.prepare import PreparedRows
+from airflow_provider_unkey.migration.prepare.preparer import PreparedRows
+from airflow_provider_unkey.migration.record.outcomes import OutcomeWriter
 from airflow_provider_unkey.testing import Faults, UnkeyEmulator
 
 ROOT, API, MIGRATION = "unkey_root_test", "api_test", "mig_test"

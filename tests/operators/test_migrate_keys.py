@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_unkey.migration.throttle import INITIAL_CONCURRENCY
+from airflow_provider_unkey.migration.send.throttle import INITIAL_CONCURRENCY
 from airflow_provider_unkey.testing import UnkeyEmulator
 from tests import databases
 

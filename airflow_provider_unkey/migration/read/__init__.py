@@ -1,0 +1,35 @@
+"""Sources: read Parquet files or an SQL query as a lazy stream of Arrow record batches.
+
+Nothing here imports Airflow. Both readers hold at most a few batches in memory, whatever the size of
+the input, so :func:`~airflow_provider_unkey.migration.engine.run_migration` can consume them as they
+come:
+
+* :class:`ParquetSource` scans a file, a directory (a dataset, hive-partitioned or not), a glob or a
+  list of files with :mod:`pyarrow.dataset`, on any :class:`pyarrow.fs.FileSystem` (an fsspec
+  filesystem wrapped in :class:`pyarrow.fs.PyFileSystem` works too); it can be limited to some row
+  groups of some files, which is how a source is split between mapped tasks.
+* :class:`SqlSource` runs a query on a DB-API connection and fetches ``batch_rows`` rows at a time
+  through a server-side cursor (PostgreSQL, MySQL/MariaDB) or SQLite's native stepping cursor.
+
+How SQL values become Arrow columns, and how the schema stays the same across chunks, is described on
+:class:`SqlSource`.
+
+The readers live in :mod:`~airflow_provider_unkey.migration.read.parquet` and
+:mod:`~airflow_provider_unkey.migration.read.sql`, their shared :class:`SourceError` in
+:mod:`~airflow_provider_unkey.migration.read.errors`; this module gathers their public names, so
+that ``from airflow_provider_unkey.migration.read import ...`` keeps working.
+"""
+
+from __future__ import annotations
+
+from airflow_provider_unkey.migration.read.errors import SourceError
+from airflow_provider_unkey.migration.read.parquet import ParquetSource
+from airflow_provider_unkey.migration.read.sql import SchemaDriftError, SqlSource, driver_family
+
+__all__ = [
+    "ParquetSource",
+    "SchemaDriftError",
+    "SourceError",
+    "SqlSource",
+    "driver_family",
+]
