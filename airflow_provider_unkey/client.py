@@ -7,18 +7,13 @@ Airflow connection; the migration engine, the benchmarks and plain scripts use i
 
 from __future__ import annotations
 
-import base64
-import importlib.util
-import ipaddress
 import json
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -31,6 +26,7 @@ from tenacity import (
 )
 
 from airflow_provider_unkey import __version__
+from airflow_provider_unkey.base_url import DEFAULT_BASE_URL, normalise_base_url
 from airflow_provider_unkey.exceptions import (
     FieldError,
     UnkeyAPIError,
@@ -40,6 +36,8 @@ from airflow_provider_unkey.exceptions import (
     UnkeyTransportError,
     error_class_for,
 )
+from airflow_provider_unkey.proxies import proxy_secrets, redact_proxy_url, resolve_proxies
+from airflow_provider_unkey.results import ApiInfo, MigrateKeysResult, VerifyKeyResult
 from airflow_provider_unkey.retries import (
     RETRYABLE_STATUSES,
     Attempt,
@@ -76,182 +74,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.unkey.com"
 USER_AGENT = f"airflow-provider-unkey/{__version__}"
 MIGRATE_KEYS_PATH = "/v2/keys.migrateKeys"
 VERIFY_KEY_PATH = "/v2/keys.verifyKey"
 GET_API_PATH = "/v2/apis.getApi"
 LIVENESS_PATH = "/v2/liveness"
-
-
-@dataclass(frozen=True, slots=True)
-class MigrateKeysResult:
-    """The outcome of one ``keys.migrateKeys`` call.
-
-    :param request_id: ``meta.requestId`` of the response that was used.
-    :param migrated: ``(hash, keyId)`` pairs that Unkey created.
-    :param failed: hashes that Unkey did not create because a key with that hash already exists.
-    :param attempts: how many HTTP attempts the call took.
-    :param unanswered_attempts: attempts that were sent but got no response (reset, timeout). When
-        non-zero, the server may have created keys on such an attempt; a later attempt then reports
-        those hashes under :attr:`failed`.
-    """
-
-    request_id: str
-    migrated: list[tuple[str, str]]
-    failed: list[str]
-    attempts: int = 1
-    unanswered_attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyKeyResult:
-    """The outcome of one ``keys.verifyKey`` call.
-
-    :param valid: whether the key may be used.
-    :param code: ``VALID``, ``NOT_FOUND``, ``DISABLED``, ``EXPIRED``, ...
-    :param key_id: the key's id (absent for ``NOT_FOUND``).
-    :param request_id: ``meta.requestId``.
-    :param data: the whole ``data`` object.
-    """
-
-    valid: bool
-    code: str
-    key_id: str | None
-    request_id: str
-    data: dict[str, Any] = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ApiInfo:
-    """An Unkey API (``apis.getApi``)."""
-
-    id: str
-    name: str
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def normalise_base_url(base_url: str | None, *, allow_insecure_http: bool = False) -> str:
-    """Check and normalise the API's base URL.
-
-    :param base_url: ``https://api.unkey.com`` or another origin (scheme, host, optional port and
-        path prefix); ``None`` or empty gives the default.
-    :param allow_insecure_http: allow ``http://`` to a host that is not loopback. Without it, the
-        root key never crosses a network in clear text by accident.
-    :raises UnkeyConfigurationError: on a malformed URL or clear-text HTTP to a remote host.
-    """
-    url = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
-    if "://" not in url:
-        url = f"https://{url}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnkeyConfigurationError(f"Unkey base URL must be http(s)://host[:port], got {url!r}")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise UnkeyConfigurationError(
-            "Unkey base URL must not carry credentials, a query or a fragment; "
-            "put the root key in the connection's password"
-        )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
-        raise UnkeyConfigurationError(
-            f"Refusing to send the root key in clear text to {parts.hostname}: use https://, or set the "
-            "connection extra allow_insecure_http=true if this network is trusted"
-        )
-    return url
-
-
-_PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
-
-
-def _normalise_proxy_url(proxy: str, origin: str) -> str:
-    """A proxy URL checked and given a scheme (``proxy:3128`` means ``http://proxy:3128``).
-
-    :param origin: where the URL came from, for the error message.
-    :raises UnkeyConfigurationError: on a malformed URL or an unsupported scheme; the message never
-        holds the URL's password.
-    """
-    url = proxy.strip()
-    if "://" not in url:
-        url = f"http://{url}"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError:
-        raise UnkeyConfigurationError(f"{origin} is not a valid proxy URL") from None
-    shown = redact_proxy_url(url)
-    if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname:
-        raise UnkeyConfigurationError(
-            f"{origin} must be http(s)://[user:password@]host:port (or socks5://...), got {shown!r}"
-        )
-    if parts.scheme.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
-        raise UnkeyConfigurationError(
-            f"{origin} is a SOCKS proxy ({shown}), which needs PySocks installed; or give an http(s) proxy"
-            " in the connection's proxy extra, or name the host in NO_PROXY"
-        )
-    return url
-
-
-def redact_proxy_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``: for logs, errors and reprs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:
-        return "<proxy URL not shown>"
-
-
-def proxy_secrets(url: str) -> list[str]:
-    """The texts of a proxy URL that must never be shown: its password as written and decoded, and the
-    ``Proxy-Authorization`` token built from it. Empty when the URL has no password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return []
-    if not parts.password:
-        return []
-    username, password = unquote(parts.username or ""), unquote(parts.password)
-    token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    secrets = {parts.password, password, quote(password, safe=""), token}
-    return sorted((s for s in secrets if s), key=len, reverse=True)
-
-
-def resolve_proxies(base_url: str, proxy: str | None = None) -> dict[str, str]:
-    """The proxies to reach ``base_url`` through, as ``requests`` takes them (``{scheme: url}``).
-
-    :param base_url: the API's base URL (normalised).
-    :param proxy: a proxy given explicitly (the connection's ``proxy`` extra): used for http and https,
-        whatever the base URL and the environment say.
-    :return: with no explicit proxy, the environment's proxy for the base URL's scheme
-        (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, either case), unless ``NO_PROXY`` names the host or
-        the host is loopback (the emulator); else nothing. Only the proxy variables are read, never
-        ``.netrc`` or ``REQUESTS_CA_BUNDLE``.
-    :raises UnkeyConfigurationError: on a proxy URL that is malformed or of an unsupported scheme.
-    """
-    if proxy is not None and proxy.strip():
-        url = _normalise_proxy_url(proxy, "the proxy")
-        return {"http": url, "https": url}
-    parts = urlsplit(base_url)
-    if parts.hostname is None or _is_loopback(parts.hostname):
-        return {}
-    if requests.utils.should_bypass_proxies(base_url, no_proxy=None):
-        return {}
-    environ = urllib.request.getproxies()
-    scheme = parts.scheme.lower()
-    selected = requests.utils.select_proxy(base_url, environ)
-    if not selected:
-        return {}
-    variable = f"{scheme.upper()}_PROXY" if environ.get(scheme) else "ALL_PROXY"
-    return {scheme: _normalise_proxy_url(selected, f"the environment's {variable}")}
 
 
 class UnkeyClient:

@@ -16,6 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "airflow_provider_unkey"
 CORE = [
     *sorted((PACKAGE / "rules").glob("*.py")),
     PACKAGE / "client.py",
+    PACKAGE / "base_url.py",
+    PACKAGE / "proxies.py",
+    PACKAGE / "results.py",
     PACKAGE / "retries.py",
     PACKAGE / "exceptions.py",
     *sorted((PACKAGE / "migration").rglob("*.py")),
