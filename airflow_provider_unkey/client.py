@@ -28,23 +28,21 @@ from tenacity import (
 from airflow_provider_unkey import __version__
 from airflow_provider_unkey.base_url import DEFAULT_BASE_URL, normalise_base_url
 from airflow_provider_unkey.exceptions import (
-    FieldError,
     UnkeyAPIError,
     UnkeyConfigurationError,
     UnkeyError,
     UnkeyPayloadTooLargeError,
     UnkeyTransportError,
-    error_class_for,
 )
 from airflow_provider_unkey.proxies import proxy_secrets, redact_proxy_url, resolve_proxies
-from airflow_provider_unkey.results import ApiInfo, MigrateKeysResult, VerifyKeyResult
+from airflow_provider_unkey.results import ApiInfo, MigrateKeysResult, VerifyKeyResult, api_error
 from airflow_provider_unkey.retries import (
     RETRYABLE_STATUSES,
     Attempt,
     RateLimitState,
     RetryPolicy,
     _AttemptsSpent,
-    _parse_retry_after,
+    _parse_retry_after,  # noqa: F401 - re-exported: tests import it from here
     _Wait,
     may_have_been_sent,
 )
@@ -203,43 +201,6 @@ class UnkeyClient:
                 text = text.replace(secret, "***")
         return text
 
-    def _redact_optional(self, value: Any) -> str | None:
-        return None if value is None else self._redact(str(value))
-
-    def _raise_for_error(self, response: requests.Response) -> None:
-        try:
-            payload = orjson.loads(response.content)
-        except ValueError:
-            payload = {}
-        error = payload.get("error") if isinstance(payload, dict) else None
-        error = error if isinstance(error, dict) else {}
-        meta = payload.get("meta") if isinstance(payload, dict) else None
-        errors = tuple(
-            FieldError(
-                location=self._redact(str(e.get("location", ""))),
-                message=self._redact(str(e.get("message", ""))),
-                fix=self._redact_optional(e.get("fix")),
-            )
-            for e in error.get("errors") or ()
-            if isinstance(e, dict)
-        )
-        headers = response.headers
-        # A server may echo the root key anywhere: every text kept from the answer is redacted.
-        rate_limit = {k: self._redact(v) for k, v in headers.items() if k.lower().startswith("ratelimit-")}
-        retry_after = None
-        if response.status_code in (408, 429, 503):
-            retry_after = _parse_retry_after(headers, time.time())
-        raise error_class_for(response.status_code)(
-            response.status_code,
-            title=self._redact(str(error.get("title") or response.reason or "")),
-            detail=self._redact(str(error.get("detail", "")) if error else response.text[:500]),
-            error_type=self._redact_optional(error.get("type")),
-            request_id=self._redact_optional(meta.get("requestId") if isinstance(meta, dict) else None),
-            errors=errors,
-            retry_after=retry_after,
-            rate_limit=rate_limit,
-        )
-
     def _send_once(
         self, method: str, path: str, body: bytes | None, authenticate: bool
     ) -> tuple[dict[str, Any], Mapping[str, str]]:
@@ -265,7 +226,7 @@ class UnkeyClient:
                 sent=may_have_been_sent(exc),
             ) from None
         if response.status_code >= 400:
-            self._raise_for_error(response)
+            raise api_error(response, self._redact)
         try:
             payload = orjson.loads(response.content)
         except ValueError:

@@ -1,15 +1,25 @@
-"""What :class:`~airflow_provider_unkey.client.UnkeyClient`'s calls return: one frozen dataclass per call.
+"""What Unkey's answers become in :class:`~airflow_provider_unkey.client.UnkeyClient`.
 
-:class:`MigrateKeysResult` (``keys.migrateKeys``), :class:`VerifyKeyResult` (``keys.verifyKey``) and
-:class:`ApiInfo` (``apis.getApi``). ``airflow_provider_unkey.client`` re-exports them.
+A successful call returns one frozen dataclass: :class:`MigrateKeysResult` (``keys.migrateKeys``),
+:class:`VerifyKeyResult` (``keys.verifyKey``) or :class:`ApiInfo` (``apis.getApi``);
+``airflow_provider_unkey.client`` re-exports them. An error answer becomes the exception that
+:func:`api_error` builds from it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ApiInfo", "MigrateKeysResult", "VerifyKeyResult"]
+import orjson
+import requests
+
+from airflow_provider_unkey.exceptions import FieldError, UnkeyAPIError, error_class_for
+from airflow_provider_unkey.retries import _parse_retry_after
+
+__all__ = ["ApiInfo", "MigrateKeysResult", "VerifyKeyResult", "api_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +66,51 @@ class ApiInfo:
 
     id: str
     name: str
+
+
+def api_error(response: requests.Response, redact: Callable[[str], str]) -> UnkeyAPIError:
+    """The exception for an error answer, for the client to raise.
+
+    :param response: an answer with an error status (400 or above).
+    :param redact: hides the client's secrets (the root key, a proxy's password) in a text: every text
+        kept from the answer goes through it, for a server may echo them anywhere.
+    :return: an instance of the class :func:`~airflow_provider_unkey.exceptions.error_class_for` picks
+        for the status, with the error's details, the ``RateLimit-*`` headers and, for a 408, 429 or
+        503, the wait the server asked for.
+    """
+
+    def redact_optional(value: Any) -> str | None:
+        return None if value is None else redact(str(value))
+
+    try:
+        payload = orjson.loads(response.content)
+    except ValueError:
+        payload = {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    error = error if isinstance(error, dict) else {}
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    errors = tuple(
+        FieldError(
+            location=redact(str(e.get("location", ""))),
+            message=redact(str(e.get("message", ""))),
+            fix=redact_optional(e.get("fix")),
+        )
+        for e in error.get("errors") or ()
+        if isinstance(e, dict)
+    )
+    headers = response.headers
+    # A server may echo the root key anywhere: every text kept from the answer is redacted.
+    rate_limit = {k: redact(v) for k, v in headers.items() if k.lower().startswith("ratelimit-")}
+    retry_after = None
+    if response.status_code in (408, 429, 503):
+        retry_after = _parse_retry_after(headers, time.time())
+    return error_class_for(response.status_code)(
+        response.status_code,
+        title=redact(str(error.get("title") or response.reason or "")),
+        detail=redact(str(error.get("detail", "")) if error else response.text[:500]),
+        error_type=redact_optional(error.get("type")),
+        request_id=redact_optional(meta.get("requestId") if isinstance(meta, dict) else None),
+        errors=errors,
+        retry_after=retry_after,
+        rate_limit=rate_limit,
+    )
