@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from airflow_provider_unkey.testing.store import RequestRecord
+from airflow_provider_unkey.testing.request_log import RequestRecord
 
 
 def check_capacity(capacity: int | None) -> int | None:

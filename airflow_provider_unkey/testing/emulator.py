@@ -13,8 +13,11 @@ This module is the façade; the parts live next to it:
 
 - :mod:`~airflow_provider_unkey.testing.transport`: the HTTP server, request framing, writing answers;
 - :mod:`~airflow_provider_unkey.testing.faults`: :class:`Faults` and drawing each request's faults;
-- :mod:`~airflow_provider_unkey.testing.store`: keys, root keys, APIs, migrations, identities, the
-  workspace rate limiter and the request log;
+- :mod:`~airflow_provider_unkey.testing.controls`: the emulator's methods that change and read it while
+  it runs (faults, rate limit, production traffic, capacity; the store, the log, the counters);
+- :mod:`~airflow_provider_unkey.testing.store`: keys, root keys, APIs, migrations, identities;
+- :mod:`~airflow_provider_unkey.testing.ratelimit`: the workspace rate limiter;
+- :mod:`~airflow_provider_unkey.testing.request_log`: the request log;
 - :mod:`~airflow_provider_unkey.testing.production`: the workspace's own production traffic, counted
   against the same rate limit;
 - :mod:`~airflow_provider_unkey.testing.pipeline`: what every API request goes through before its route;
@@ -37,13 +40,11 @@ from airflow_provider_unkey.testing.controls import EmulatorControls
 from airflow_provider_unkey.testing.faults import FaultDraw, Faults, FaultSource
 from airflow_provider_unkey.testing.pipeline import Pipeline
 from airflow_provider_unkey.testing.production import Production, ProductionBurst, ProductionStats
+from airflow_provider_unkey.testing.ratelimit import DEFAULT_RATE_LIMIT_WINDOW, RateLimiter
+from airflow_provider_unkey.testing.request_log import RequestLog, RequestRecord
 from airflow_provider_unkey.testing.routes import Route, Routes
 from airflow_provider_unkey.testing.store import (
-    DEFAULT_RATE_LIMIT_WINDOW,
     DEFAULT_ROOT_KEY_PERMISSIONS,
-    RateLimiter,
-    RequestLog,
-    RequestRecord,
     RootKey,
     Store,
     StoredKey,
@@ -105,7 +106,7 @@ class UnkeyEmulator(EmulatorControls):
     :param rate_limit: requests per window per workspace (every validated, authenticated API request
         counts, on every route); ``None`` for no limit, 0 to refuse everything (Unkey's answer to a
         zero limit: 429 without headers). Unkey's sliding-window limiter: see
-        :class:`~airflow_provider_unkey.testing.store.RateLimiter`. While set, every answer to a
+        :class:`~airflow_provider_unkey.testing.ratelimit.RateLimiter`. While set, every answer to a
         counted request carries ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``;
         change it with :meth:`set_rate_limit`.
     :param rate_limit_window: the window of ``rate_limit``, in seconds (whole milliseconds; Unkey's

@@ -21,6 +21,7 @@ from airflow_provider_unkey.testing import replies
 from airflow_provider_unkey.testing.capacity import Capacity
 from airflow_provider_unkey.testing.faults import FaultDraw, FaultSource
 from airflow_provider_unkey.testing.production import Production
+from airflow_provider_unkey.testing.ratelimit import RateLimiter
 from airflow_provider_unkey.testing.replies import (
     ERR_AUTH_MALFORMED,
     ERR_AUTH_MISSING,
@@ -37,7 +38,7 @@ from airflow_provider_unkey.testing.routes import (
     Settings,
 )
 from airflow_provider_unkey.testing.schemas import decode_json, hashes_of
-from airflow_provider_unkey.testing.store import RateLimiter, RootKey, Store
+from airflow_provider_unkey.testing.store import RootKey, Store
 from airflow_provider_unkey.testing.transport import RESET, BadFraming, BodyTooLarge, Reply, Request
 
 #: The last stage of :meth:`Pipeline.serve`, which the emulator lets a test wrap.

@@ -3,7 +3,7 @@
 Every request made with any root key of a workspace counts against the same workspace rate limit,
 ``keys.verifyKey`` included (BEHAVIOUR.md), so a migration that uses the limit up makes the workspace's
 production fail with 429. :class:`Production` sends that traffic into the emulator's
-:class:`~airflow_provider_unkey.testing.store.RateLimiter`: a steady rate, evenly spaced, with one-off
+:class:`~airflow_provider_unkey.testing.ratelimit.RateLimiter`: a steady rate, evenly spaced, with one-off
 surges (:meth:`Production.surge`) and recurring bursts (:class:`ProductionBurst`) at other rates. Its
 requests never touch HTTP, the request log or the capacity: only the limiter, and its own counters
 (:class:`ProductionStats`).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final
 
-from airflow_provider_unkey.testing.store import RateLimiter
+from airflow_provider_unkey.testing.ratelimit import RateLimiter
 
 #: How long the production thread sleeps at most between two looks at the clock (a fake clock moves
 #: without telling it).

@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from airflow_provider_unkey import rules
-from airflow_provider_unkey.testing.store import Quota
+from airflow_provider_unkey.testing.ratelimit import Quota
 from airflow_provider_unkey.testing.transport import BadFraming, Reply, Request
 
 ERROR_DOCS: Final = "https://unkey.com/docs/errors/"

@@ -21,7 +21,8 @@ from io import BufferedIOBase
 from typing import Any, Final, Protocol
 
 from airflow_provider_unkey import rules
-from airflow_provider_unkey.testing.store import RequestRecord, random_id
+from airflow_provider_unkey.testing.request_log import RequestRecord
+from airflow_provider_unkey.testing.store import random_id
 
 #: Status recorded for a connection reset by :attr:`Faults.reset_rate`.
 STATUS_RESET: Final = "reset"
