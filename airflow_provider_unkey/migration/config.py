@@ -16,16 +16,16 @@ from types import MappingProxyType
 from typing import Any
 
 from airflow_provider_unkey.client import RetryPolicy
-from airflow_provider_unkey.migration.prepare.hashes import HASH_FORMATS
-from airflow_provider_unkey.migration.prepare.preparer import KEY_FIELD_PATHS
-from airflow_provider_unkey.migration.send.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES
-from airflow_provider_unkey.migration.send.pacing import (
+from airflow_provider_unkey.migration.prepare import HASH_FORMATS, KEY_FIELD_PATHS
+from airflow_provider_unkey.migration.send import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_RATE_LIMIT_HEADROOM,
     UNKEY_RATE_LIMIT_WINDOW,
     check_headroom,
     check_window,
 )
-from airflow_provider_unkey.migration.send.sending import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_unkey.rules import MAX_BODY_BYTES, canonical_algorithm
 
 __all__ = ["MIN_REQUEST_BYTES", "MigrationConfig"]

@@ -1,56 +1,50 @@
-"""The migration engine: batch by count and bytes, send batches concurrently, record every outcome.
+"""The migration engine's one public door: read, prepare, deduplicate, send, record.
 
 Nothing here imports Airflow. :func:`run_migration` wires a stream of Arrow record batches, with the
-settings of a :class:`MigrationConfig`, through
-:class:`~airflow_provider_unkey.migration.prepare.preparer.KeyPreparer` (validation),
-:class:`~airflow_provider_unkey.migration.dedupe.digests.DigestSet` (deduplication across the whole source),
-:class:`Batcher` and :class:`MigrationEngine` (sending), into an
-:class:`~airflow_provider_unkey.migration.record.outcomes.OutcomeWriter`, and checks at the end that every
-row read has exactly one outcome.
+settings of a :class:`MigrationConfig`, through the stages of the pipeline, each a package of
+``airflow_provider_unkey.migration`` whose ``__init__`` names what it offers:
 
-The engine lives in modules that import each other one way only:
+* ``read``: :class:`~airflow_provider_unkey.migration.read.ParquetSource` and
+  :class:`~airflow_provider_unkey.migration.read.SqlSource`, and the partitions of a source between
+  mapped tasks;
+* ``prepare``: :class:`~airflow_provider_unkey.migration.prepare.KeyPreparer` validates each batch and
+  serialises its keys;
+* ``dedupe``: :class:`~airflow_provider_unkey.migration.dedupe.DigestSet` finds duplicates across the
+  whole source;
+* ``ledger``: :class:`~airflow_provider_unkey.migration.ledger.KnownHashes` says what earlier runs
+  recorded, :class:`~airflow_provider_unkey.migration.ledger.LedgerWriter` records this one's outcomes;
+* ``send``: :class:`Batcher` and :class:`MigrationEngine` post the keys at the pace the server and the
+  workspace rate limit (:class:`RatePacer`) allow; :data:`ACTIONS` says what a failed request means;
+* ``record``: :class:`~airflow_provider_unkey.migration.record.OutcomeWriter` writes every row's one
+  outcome; :class:`Progress` and :class:`MigrationSummary` report the run.
 
-* :mod:`~airflow_provider_unkey.migration.record.progress`: :class:`Progress` and :class:`MigrationSummary`;
-* :mod:`~airflow_provider_unkey.migration.send.batching`: :class:`Batch` and :class:`Batcher`;
-* :mod:`~airflow_provider_unkey.migration.send.failures`: what a failed request means (:data:`ACTIONS`,
-  :func:`classify`) and :class:`MigrationAborted`;
-* :mod:`~airflow_provider_unkey.migration.send.pacing`: :class:`RatePacer`, the workspace rate limit;
-* :mod:`~airflow_provider_unkey.migration.send.sending`: :class:`MigrationEngine`;
-* :mod:`~airflow_provider_unkey.migration.config`: :class:`MigrationConfig`, the settings of a run;
-* :mod:`~airflow_provider_unkey.migration.run`: :func:`run_migration`, :class:`RunControl` and
-  :class:`InvariantError`.
-
-This module gathers their names, so that ``from airflow_provider_unkey.migration.engine import ...``
-keeps working.
+:mod:`~airflow_provider_unkey.migration.config` holds :class:`MigrationConfig`, and
+:mod:`~airflow_provider_unkey.migration.run` holds :func:`run_migration`, :class:`RunControl` and
+:class:`InvariantError`, which checks at the end that every row read has exactly one outcome. This
+module gathers the names a caller needs.
 """
 
 from __future__ import annotations
 
-from airflow_provider_unkey.migration import run as _run
 from airflow_provider_unkey.migration.config import MigrationConfig
-from airflow_provider_unkey.migration.record.progress import MigrationSummary, Progress
+from airflow_provider_unkey.migration.record import MigrationSummary, Progress
 from airflow_provider_unkey.migration.run import InvariantError, RunControl, run_migration
-from airflow_provider_unkey.migration.send import failures as _failures
-from airflow_provider_unkey.migration.send import sending as _sending
-from airflow_provider_unkey.migration.send.batching import (
+from airflow_provider_unkey.migration.send import (
+    ACTIONS,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_RATE_LIMIT_HEADROOM,
+    SPLIT_WITHOUT_RETRY,
+    UNKEY_RATE_LIMIT_WINDOW,
+    Action,
     Batch,
     Batcher,
-)
-from airflow_provider_unkey.migration.send.failures import (
-    ACTIONS,
-    SPLIT_WITHOUT_RETRY,
-    Action,
     MigrationAborted,
+    MigrationEngine,
+    RatePacer,
     classify,
 )
-from airflow_provider_unkey.migration.send.pacing import (
-    DEFAULT_RATE_LIMIT_HEADROOM,
-    UNKEY_RATE_LIMIT_WINDOW,
-    RatePacer,
-)
-from airflow_provider_unkey.migration.send.sending import DEFAULT_MAX_CONCURRENCY, MigrationEngine
 
 __all__ = [
     "ACTIONS",
@@ -74,11 +68,3 @@ __all__ = [
     "classify",
     "run_migration",
 ]
-
-# The private names at the address they had before the engine was split (the tests use some).
-_KEY_INDEX = _failures._KEY_INDEX
-_OTHER_SERVER_ERROR = _failures._OTHER_SERVER_ERROR
-_named_keys = _failures._named_keys
-_what_to_fix = _failures._what_to_fix
-_MAYBE_CREATED = _sending._MAYBE_CREATED
-_emit_resumed = _run._emit_resumed

@@ -20,15 +20,18 @@ import pyarrow as pa
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyError
 from airflow_provider_unkey.migration.config import MigrationConfig
-from airflow_provider_unkey.migration.dedupe.digests import DigestSet
+from airflow_provider_unkey.migration.dedupe import DigestSet
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerWriter
-from airflow_provider_unkey.migration.prepare.preparer import KeyPreparer, PreparedRows, resolve_mapping
-from airflow_provider_unkey.migration.record.outcomes import OutcomeWriter, Reason, Stage
-from airflow_provider_unkey.migration.record.progress import MigrationSummary, Progress
-from airflow_provider_unkey.migration.record.timeline import Timeline
-from airflow_provider_unkey.migration.send.batching import Batch, Batcher
-from airflow_provider_unkey.migration.send.failures import MigrationAborted
-from airflow_provider_unkey.migration.send.sending import MigrationEngine
+from airflow_provider_unkey.migration.prepare import KeyPreparer, PreparedRows, resolve_mapping
+from airflow_provider_unkey.migration.record import (
+    MigrationSummary,
+    OutcomeWriter,
+    Progress,
+    Reason,
+    Stage,
+    Timeline,
+)
+from airflow_provider_unkey.migration.send import Batch, Batcher, MigrationAborted, MigrationEngine
 
 
 class InvariantError(UnkeyError):

@@ -19,9 +19,9 @@ import os
 
 import numpy as np
 
-from airflow_provider_unkey.migration.dedupe.spill import DEFAULT_MEMORY_BUDGET, SortedRuns, _Run
+from airflow_provider_unkey.migration.dedupe.spill import DEFAULT_MEMORY_BUDGET, SortedRuns
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "DigestSet", "_Run", "_prefix"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "DigestSet", "digest_prefix"]
 
 _VOID = np.dtype("V32")
 _TAIL = np.dtype("V24")
@@ -32,7 +32,7 @@ def _as_void(digest_rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(digest_rows, dtype=np.uint8).view(_VOID).reshape(len(digest_rows))
 
 
-def _prefix(digest_rows: np.ndarray) -> np.ndarray:
+def digest_prefix(digest_rows: np.ndarray) -> np.ndarray:
     """The first 8 bytes of each digest as a uint64: sorts and searches far faster than 32 bytes."""
     head = np.ascontiguousarray(digest_rows[:, :8], dtype=np.uint8)
     return head.view(">u8").reshape(len(digest_rows)).astype(np.uint64)
@@ -111,7 +111,7 @@ class DigestSet:
         n = len(digest_rows)
         contiguous = np.ascontiguousarray(digest_rows, dtype=np.uint8)
         keys = _as_void(contiguous)
-        prefixes, tails = _prefix(contiguous), _tail(contiguous)
+        prefixes, tails = digest_prefix(contiguous), _tail(contiguous)
         rows = np.asarray(source_rows, dtype=np.int64)
         # Sort the call by digest (four uint64 words, faster than 32-byte scalars), stable so the
         # earliest row of a group of equal digests comes first. Sorted queries also make the binary

@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from airflow_provider_unkey.migration.record.outcomes import Reason
+from airflow_provider_unkey.migration.record import Reason
 
 LEDGER_SCHEMA = pa.schema(
     [

@@ -16,8 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from airflow_provider_unkey.migration.dedupe.digests import _prefix
-from airflow_provider_unkey.migration.dedupe.spill import DEFAULT_MEMORY_BUDGET, SortedRuns, check_budget
+from airflow_provider_unkey.migration.dedupe import (
+    DEFAULT_MEMORY_BUDGET,
+    SortedRuns,
+    check_budget,
+    digest_prefix,
+)
 from airflow_provider_unkey.migration.ledger.base import (
     EXISTS_IN_UNKEY,
     LEDGER_SCHEMA,
@@ -26,7 +30,7 @@ from airflow_provider_unkey.migration.ledger.base import (
     _attempt_marker,
     _Storage,
 )
-from airflow_provider_unkey.migration.prepare import hashes as hash_codec
+from airflow_provider_unkey.migration.prepare import digests, format_mask
 from airflow_provider_unkey.rules import HASH_FORMAT_TABLE
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -36,7 +40,7 @@ def _words(digest_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first 16 bytes of each digest as two uint64: prefix (sorted, searched) and the next word."""
     contiguous = np.ascontiguousarray(digest_rows, dtype=np.uint8)
     second = np.ascontiguousarray(contiguous[:, 8:16]).view(">u8").reshape(len(contiguous))
-    return _prefix(contiguous), second.astype(np.uint64)
+    return digest_prefix(contiguous), second.astype(np.uint64)
 
 
 def _task_instance_filter(scope: LedgerScope) -> pc.Expression:
@@ -69,10 +73,10 @@ def _of_wire_format(batch: pa.RecordBatch, wire_format: str, width: int) -> tupl
     """
     batch = batch.filter(pc.fill_null(pc.equal(pc.binary_length(batch.column("hash")), width), False))
     try:
-        return batch, hash_codec.digests(batch.column("hash"), wire_format)
+        return batch, digests(batch.column("hash"), wire_format)
     except ValueError:
-        batch = batch.filter(hash_codec.format_mask(batch.column("hash"), wire_format))
-        return batch, hash_codec.digests(batch.column("hash"), wire_format)
+        batch = batch.filter(format_mask(batch.column("hash"), wire_format))
+        return batch, digests(batch.column("hash"), wire_format)
 
 
 @dataclass(slots=True)

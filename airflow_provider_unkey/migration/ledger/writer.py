@@ -33,7 +33,7 @@ from airflow_provider_unkey.migration.ledger.base import (
     _Storage,
     _utc_stamp,
 )
-from airflow_provider_unkey.migration.record.outcomes import Reason, Stage
+from airflow_provider_unkey.migration.record import Reason, Stage
 
 log = logging.getLogger(__name__)
 

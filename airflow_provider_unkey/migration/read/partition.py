@@ -29,8 +29,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_unkey.migration.prepare.hashes import SHA256_BINARY, column_format
-from airflow_provider_unkey.migration.read import ParquetSource
+from airflow_provider_unkey.migration.prepare import SHA256_BINARY, column_format
+from airflow_provider_unkey.migration.read.parquet import ParquetSource
 
 #: The keys of a Parquet partition dict (the operator's arguments of the same names).
 PARQUET_PATH_KEY = "parquet_path"

@@ -9,35 +9,23 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from airflow_provider_unkey.migration.ledger import LedgerWriter
+from airflow_provider_unkey.migration.record.reasons import Reason, Stage
 
-
-class Reason(StrEnum):
-    """Why a row was not migrated (a small closed set)."""
-
-    INVALID = "invalid"  #: failed validation before anything was sent
-    DUPLICATE_IN_SOURCE = "duplicate_in_source"  #: an earlier source row has the same hash
-    ALREADY_EXISTS = "already_exists"  #: Unkey answered it in ``failed``: the hash exists in Unkey
-    UNCONFIRMED = "unconfirmed"  #: in ``failed`` on a retry after a lost response: probably created by us
-    REJECTED_BY_API = "rejected_by_api"  #: Unkey refused the key itself (a 400 or a 500 for it alone)
-    GAVE_UP = "gave_up"  #: retries ran out (rate limit, server or network errors)
-    NOT_SENT = "not_sent"  #: the run stopped (a fatal error) before this row was sent
-
-
-class Stage(StrEnum):
-    """Where in the pipeline a row's outcome was decided."""
-
-    VALIDATE = "validate"
-    DEDUPLICATE = "deduplicate"
-    SEND = "send"
+__all__ = [
+    "FAILED_SCHEMA",
+    "MIGRATED_SCHEMA",
+    "SKIPPED_SCHEMA",
+    "OutcomeRecorder",
+    "OutcomeWriter",
+    "Reason",
+    "Stage",
+]
 
 
 MIGRATED_SCHEMA = pa.schema(
@@ -101,6 +89,33 @@ class _ParquetStream:
         self._writer.close()
 
 
+class OutcomeRecorder(Protocol):
+    """Somewhere new outcomes are also recorded, such as the ledger's
+    :class:`~airflow_provider_unkey.migration.ledger.LedgerWriter`.
+
+    The outcome writer only calls these methods, so it does not depend on the ledger.
+    """
+
+    def record_migrated(
+        self, hashes: Sequence[str], key_ids: Sequence[str], rows: Sequence[int], request_id: str | None
+    ) -> None:
+        """Record keys Unkey created."""
+
+    def record_failed(
+        self,
+        hashes: Sequence[str | None],
+        rows: Sequence[int],
+        reason: Reason,
+        stage: Stage,
+        details: Sequence[str | None],
+        request_id: str | None,
+    ) -> None:
+        """Record rows that were not migrated, with why."""
+
+    def close(self) -> None:
+        """Flush what is buffered and release the files."""
+
+
 class OutcomeWriter:
     """Records outcomes to ``migrated.parquet`` and ``failed.parquet`` in ``directory``.
 
@@ -119,7 +134,7 @@ class OutcomeWriter:
         directory: str | Path,
         flush_rows: int = 50_000,
         *,
-        ledger: LedgerWriter | None = None,
+        ledger: OutcomeRecorder | None = None,
         list_skipped: bool = False,
     ) -> None:
         self.directory = Path(directory)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from airflow_provider_unkey.migration.record.outcomes import Reason
 from airflow_provider_unkey.migration.record.progress import MigrationSummary
+from airflow_provider_unkey.migration.record.reasons import Reason
 from airflow_provider_unkey.migration.record.timeline import Timeline
 
 REPORT_FILE = "report.md"

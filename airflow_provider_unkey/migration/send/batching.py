@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from airflow_provider_unkey.migration.prepare.preparer import PreparedRows
+from airflow_provider_unkey.migration.prepare import PreparedRows
 from airflow_provider_unkey.rules import MAX_BODY_BYTES
 
 #: Defaults chosen from the benchmarks (see docs/benchmarks.md).

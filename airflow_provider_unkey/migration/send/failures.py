@@ -18,7 +18,7 @@ from airflow_provider_unkey.exceptions import (
     UnkeyPermissionError,
     UnkeyTransportError,
 )
-from airflow_provider_unkey.migration.record.progress import MigrationSummary
+from airflow_provider_unkey.migration.record import MigrationSummary
 
 _KEY_INDEX = re.compile(r"^body\.keys\[(\d+)\]")
 

@@ -19,8 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from airflow_provider_unkey.client import MIGRATE_KEYS_PATH, Attempt, RetryPolicy, UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyError, UnkeyTransportError
-from airflow_provider_unkey.migration.record.outcomes import OutcomeWriter, Reason, Stage
-from airflow_provider_unkey.migration.record.progress import Progress
+from airflow_provider_unkey.migration.record import OutcomeWriter, Progress, Reason, Stage
 from airflow_provider_unkey.migration.send.batching import Batch, Batcher
 from airflow_provider_unkey.migration.send.failures import (
     ACTIONS,

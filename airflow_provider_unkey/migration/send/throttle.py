@@ -1,18 +1,16 @@
-"""Throughput that finds its own speed: how many requests to keep in flight, how fast to send them, and
-how many keys to put in each.
+"""Throughput that finds its own speed: how many requests to keep in flight, and how many keys to put
+in each.
 
 Nothing here imports Airflow. The engine feeds every HTTP attempt (:class:`~airflow_provider_unkey.retries.Attempt`,
 seen through :attr:`UnkeyClient.observers <airflow_provider_unkey.client.UnkeyClient.observers>`) to
-three controls:
+its controls:
 
 * :class:`ConcurrencyLimiter` — requests in flight, found the way TCP Vegas and Netflix's
   concurrency-limits find a window: grow while latency stays near its floor (doubling at first, then
   one at a time), back off in proportion when latency rises (a server queueing requests), and by a
   quarter on a 408, 5xx or a request without an answer. ``max_concurrency`` is only its cap.
-* :class:`RatePacer` — the workspace rate limit. Every answer states ``RateLimit-Remaining`` and
-  ``RateLimit-Reset``; requests are spaced so the remaining ones last until the window frees capacity.
-  Tasks that share a workspace each see the others' requests in ``Remaining``, so their pace falls
-  together and the limit is reached without being crossed.
+* the workspace rate limit, which :class:`~airflow_provider_unkey.migration.send.pacing.RatePacer`
+  keeps, apart from these;
 * :class:`BatchSizer` — keys per request. When the rate limit, not the server, is what holds the run
   back, more keys per request is more keys per second: the batch doubles while the observed time per
   key says a request still ends well inside the server's 60 s timeout, and halves when a request
@@ -27,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from airflow_provider_unkey.retries import Attempt, RateLimitState
 from airflow_provider_unkey.rules import SERVER_TIMEOUT_SECONDS
 
 #: Requests in flight a run starts with (slow start doubles from there each round). A server that
@@ -184,115 +181,6 @@ class ConcurrencyLimiter:
         self._answers = self._keys = 0
         self._round_started = now
         self._cut_this_round = False
-
-
-class RatePacer:
-    """Spaces requests so that the workspace rate limit is used up, not crossed.
-
-    From the latest answer's ``RateLimit-Remaining`` (less the requests this run started since) and
-    ``RateLimit-Reset``, the next request may go ``reset / remaining`` seconds after the last. With
-    nothing remaining, requests wait until the window frees capacity. Without headers (a workspace
-    with no limit), nothing waits.
-
-    :param clock: monotonic seconds.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state: RateLimitState | None = None
-        self._seen_at = -math.inf
-        self._window_end = -math.inf
-        self._asking = False  # a request went out to learn the new window's quota
-        self._started_since = 0
-        self._in_flight = 0
-        self._next = -math.inf
-        #: Seconds spent waiting for the pace, over all threads (tells whether the limit binds).
-        self.waited = 0.0
-        #: Answers that were 429.
-        self.refused = 0
-
-    @property
-    def limited(self) -> bool:
-        """Whether the workspace has a rate limit (an answer stated one)."""
-        return self._state is not None
-
-    def rate(self) -> float | None:
-        """The pace now, requests per second (``None`` without a limit)."""
-        with self._lock:
-            state = self._state
-            if state is None:
-                return None
-            left = max(self._window_end - self._clock(), 1e-3)
-            return max(state.remaining - self._started_since, 0) / left
-
-    def observe(self, attempt: Attempt) -> None:
-        """Learn the rate limit from an answer."""
-        with self._lock:
-            if attempt.status == 429:
-                self.refused += 1
-            self._asking = False  # any answer (or none) ends the question about the new window
-            state = attempt.rate_limit
-            if state is None or attempt.ended < self._seen_at:
-                return
-            if attempt.status == 429 and attempt.retry_after is not None:
-                state = RateLimitState(state.limit, 0, max(state.reset, attempt.retry_after))
-            # ``reset`` is whole seconds, rounded up: each answer bounds the window's end from above,
-            # and within one window (remaining does not rise) the lowest bound is the closest.
-            end = attempt.ended + state.reset
-            previous = self._state
-            if previous is not None and state.remaining <= previous.remaining and end < self._window_end + 1:
-                end = min(end, self._window_end)
-            self._state, self._seen_at, self._window_end = state, attempt.ended, end
-            # Requests of this run still without an answer may not be in ``remaining`` yet.
-            self._started_since = self._in_flight
-
-    def acquire(self, stop: threading.Event) -> bool:
-        """Wait until the next request may go; ``False`` when ``stop`` was set meanwhile."""
-        while True:
-            delay = self.try_acquire()
-            if delay <= 0:
-                return True
-            waited_from = self._clock()
-            if stop.wait(min(delay, 1.0)):
-                return False
-            with self._lock:
-                self.waited += self._clock() - waited_from
-
-    def try_acquire(self) -> float:
-        """Let a request go now (0.0, counted as started), or say how long until one may."""
-        with self._lock:
-            delay = self._delay(self._clock())
-            if delay <= 0:
-                self._started_since += 1
-                self._in_flight += 1
-            return delay
-
-    def release(self) -> None:
-        """A request that :meth:`acquire` let go has its answer (or none)."""
-        with self._lock:
-            self._in_flight = max(0, self._in_flight - 1)
-
-    def _delay(self, now: float) -> float:
-        state = self._state
-        if state is None:
-            return 0.0
-        left = self._window_end - now
-        if left <= 0:
-            # The window has freed capacity, but how much only the next answer states: one request
-            # goes out to ask, the others wait for its answer (all of them at once would be a burst
-            # of 429s, and with tasks sharing the workspace, a burst from each).
-            if self._asking:
-                return 0.05
-            self._asking = True
-            return 0.0
-        allowance = state.remaining - self._started_since
-        if allowance <= 0:
-            return left
-        if self._next <= now:
-            self._next = now + left / allowance
-            return 0.0
-        return self._next - now
 
 
 class BatchSizer:

@@ -14,10 +14,10 @@ from airflow_provider_unkey.migration.engine import (
     Action,
     Batcher,
     MigrationEngine,
-    _named_keys,
     classify,
 )
 from airflow_provider_unkey.migration.record.outcomes import OutcomeWriter
+from airflow_provider_unkey.migration.send.failures import _named_keys
 
 A, S, R, G, W = Action.ABORT, Action.SPLIT, Action.REJECT, Action.GIVE_UP, Action.WAIT
 
