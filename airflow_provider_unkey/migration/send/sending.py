@@ -3,26 +3,27 @@
 Nothing here imports Airflow. :class:`MigrationEngine` hands request bodies built by
 :class:`~airflow_provider_unkey.migration.send.batching.Batcher` to ``max_concurrency`` worker threads; what
 a request that still fails after the client's retries means is decided in
-:mod:`~airflow_provider_unkey.migration.send.failures`; each key's outcome goes to the
-:class:`~airflow_provider_unkey.migration.record.outcomes.OutcomeWriter`.
+:mod:`~airflow_provider_unkey.migration.send.failures`; how many requests go at once, and how fast, by
+its :class:`~airflow_provider_unkey.migration.send.throughput.ThroughputControls`; and each key's
+outcome goes, through an :class:`~airflow_provider_unkey.migration.send.answers.AnswerRecorder`, to the
+:class:`~airflow_provider_unkey.migration.record.OutcomeWriter`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from airflow_provider_unkey.client import MIGRATE_KEYS_PATH, Attempt, RetryPolicy, UnkeyClient
-from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyError, UnkeyTransportError
+from airflow_provider_unkey.client import RetryPolicy, UnkeyClient
+from airflow_provider_unkey.exceptions import UnkeyAPIError, UnkeyTransportError
 from airflow_provider_unkey.migration.record import OutcomeWriter, Progress, Reason, Stage
+from airflow_provider_unkey.migration.send.answers import AnswerRecorder
 from airflow_provider_unkey.migration.send.batching import Batch, Batcher
 from airflow_provider_unkey.migration.send.failures import (
-    ACTIONS,
     SPLIT_WITHOUT_RETRY,
     Action,
     MigrationAborted,
@@ -40,25 +41,17 @@ from airflow_provider_unkey.migration.send.throttle import (
     BatchSizer,
     ConcurrencyLimiter,
 )
-
-log = logging.getLogger(__name__)
+from airflow_provider_unkey.migration.send.throughput import ThroughputControls
 
 #: The cap of requests in flight; the limiter finds the number below it (see docs/performance.md).
 DEFAULT_MAX_CONCURRENCY = 32
 #: The largest batch the sizer grows to under a rate limit (the byte cap still applies).
 MAX_ADAPTIVE_BATCH_SIZE = 50_000
-#: Seconds between the checks whether the batch may grow.
-_GROW_EVERY = 1.0
 #: Statuses the engine sends again itself: the rate limit's 429 goes through the pacer, not the client.
 _WAIT_STATUSES = frozenset({429})
-#: Added to a failure's detail when a request carrying the key got no response.
-_MAYBE_CREATED = (
-    "; a request carrying this key got no response, so Unkey may have created it (a rerun reports it as"
-    " already_exists)"
-)
 
 
-class MigrationEngine:
+class MigrationEngine(ThroughputControls):
     """Sends batches concurrently and records each key's outcome.
 
     A batch Unkey rejects as a whole (400, or a 500, 408 or 413 that persists after retries) is split
@@ -159,108 +152,12 @@ class MigrationEngine:
             if adaptive
             else None
         )
+        self.answers = AnswerRecorder(writer, resumed_try, time_budget)
         self._local = threading.local()
         self._in_flight = 0  # requests being sent, at most the concurrency limit
         self._gate = threading.Condition()
         self._waited_at_last_grow = 0.0
         self._last_grow_check = 0.0
-
-    # --- what the answers teach ------------------------------------------------------------------------
-    def _observe(self, attempt: Attempt) -> None:
-        """Called by the client after each HTTP attempt, in the worker thread that made it."""
-        if attempt.path != MIGRATE_KEYS_PATH:
-            return
-        if attempt.status is not None and ACTIONS.get(attempt.status, (None,))[0] is Action.ABORT:
-            # An answer that stops the run (401, 403, 404): hold every other request back now, before
-            # its worker gets to classify it, and let it neither free nor add a place.
-            self._abort.set()
-            return
-        keys = int(getattr(self._local, "keys", 0))
-        self.pacer.observe(attempt, self._local.ticket)
-        if self.limiter is not None:
-            full = keys >= max(1, self.batcher.batch_size // 2)
-            self.limiter.on_answer(
-                attempt.seconds, keys, attempt.status, full, attempt.ended - attempt.seconds
-            )
-        if self.sizer is not None and self.sizer.on_answer(attempt.seconds, keys, attempt.status):
-            self.batcher.batch_size = self.sizer.size
-            if self.limiter is not None:
-                self.limiter.forget_floor()
-
-    def _maybe_grow_batches(self) -> None:
-        """Under a rate limit that holds the run back, put more keys in each request."""
-        if self.sizer is None or not self.pacer.limited:
-            return
-        now = time.monotonic()
-        if now - self._last_grow_check < _GROW_EVERY:
-            return
-        self._last_grow_check = now
-        waited = self.pacer.waited
-        binding = waited > self._waited_at_last_grow or self.pacer.holding
-        self._waited_at_last_grow = waited
-        if binding and self.sizer.grow():
-            self.batcher.batch_size = self.sizer.size
-            if self.limiter is not None:
-                self.limiter.forget_floor()
-
-    def _enter(self) -> bool:
-        """Take a place under the concurrency limit, waiting for one; ``False`` (and no place) when the
-        run stops meanwhile."""
-        with self._gate:
-            while True:
-                if self._abort.is_set():  # checked with a place free too: a stopped run sends nothing
-                    return False
-                if self._in_flight < self.concurrency():
-                    break
-                self._gate.wait(0.5)
-            self._in_flight += 1
-            return True
-
-    def _leave(self) -> None:
-        with self._gate:
-            self._in_flight -= 1
-            self._gate.notify_all()  # the limit may have grown too
-
-    def concurrency(self) -> int:
-        """Requests to keep in flight now."""
-        return self.limiter.limit if self.limiter is not None else self.max_concurrency
-
-    def describe(self) -> str:
-        """The throughput controls' state, for progress lines."""
-        parts = [f"in flight {self._in_flight}, limit {self.concurrency()}/{self.max_concurrency}"]
-        parts.append(f"{self.batcher.batch_size:,} keys a request")
-        rate, share, limit = self.pacer.rate(), self.pacer.share(), self.pacer.limit
-        if rate is not None and share is not None:
-            parts.append(
-                f"paced to {rate * 60:.1f} req/min by the rate limit ({share:.0%} of the workspace's"
-                f" {limit:,} used by this run, {self.pacer.headroom:.0%} left free), waited"
-                f" {self.pacer.waited:,.1f} s for it"
-            )
-        return ", ".join(parts)
-
-    def state(self) -> dict[str, int]:
-        """The throughput controls as numbers, for the report's timeline."""
-        return {
-            "in_flight": self._in_flight,
-            "limit": self.concurrency(),
-            "batch_size": self.batcher.batch_size,
-        }
-
-    def throttle_summary(self) -> dict[str, float | int]:
-        """What the throughput controls ended at, for the summary."""
-        return {
-            "max_concurrency": self.max_concurrency,
-            "final_concurrency": self.concurrency(),
-            "peak_concurrency": self.limiter.peak if self.limiter is not None else self.max_concurrency,
-            "final_batch_size": self.batcher.batch_size,
-            "paced_seconds": round(self.pacer.waited, 3),
-            "rate_limited_answers": self.pacer.refused,
-            "rate_limit": self.pacer.limit or 0,
-            "rate_limit_headroom": self.pacer.headroom,
-            "rate_limit_share_peak": round(self.pacer.peak_share, 4),
-            "rate_limit_share_mean": round(self.pacer.mean_share() or 0.0, 4),
-            "rate_limit_workspace_peak": round(self.pacer.peak_workspace_share, 4),
-        }
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no batch is being sent (at most ``timeout`` seconds); say whether that happened."""
@@ -279,73 +176,6 @@ class MigrationEngine:
         else:
             reason = "not sent: the run stopped"
         self.writer.failed(batch.hashes, batch.rows, Reason.NOT_SENT, Stage.SEND, reason)
-
-    def _record(
-        self,
-        batch: Batch,
-        migrated: list[tuple[str, str]],
-        failed: list[str],
-        request_id: str,
-        unanswered: int,
-    ) -> None:
-        if not failed and not unanswered and len(migrated) == len(batch):
-            # The common answer: every key created, in the order sent.
-            created = [h for h, _ in migrated]
-            if created == batch.hashes:
-                self.writer.migrated(created, [k for _, k in migrated], batch.rows, request_id)
-                return
-        index = {h: i for i, h in enumerate(batch.hashes)}
-        done: set[int] = set()
-        m_hashes, m_ids, m_rows = [], [], []
-        for h, key_id in migrated:
-            i = index.get(h)
-            if i is None or i in done:
-                log.warning("Unkey answered request %s with a hash it was not sent; ignored", request_id)
-                continue
-            done.add(i)
-            m_hashes.append(h)
-            m_ids.append(key_id)
-            m_rows.append(batch.rows[i])
-        self.writer.migrated(m_hashes, m_ids, m_rows, request_id)
-        f_idx = []
-        for h in failed:
-            i = index.get(h)
-            if i is not None and i not in done:
-                done.add(i)
-                f_idx.append(i)
-        if unanswered:
-            detail = (
-                f"Unkey reported the hash as existing after {unanswered} attempt(s) whose response was lost: "
-                "the key was most likely created by this run, but Unkey does not return its keyId"
-            )
-            reason = Reason.UNCONFIRMED
-        elif self.resumed_try is not None:
-            detail = (
-                f"Unkey reported the hash as existing, and the ledger holds no outcome for it: try "
-                f"{self.resumed_try} of this task stopped with requests in flight, so it most likely "
-                "created this key, but Unkey does not return its keyId"
-            )
-            reason = Reason.UNCONFIRMED
-        else:
-            detail, reason = "a key with this hash already exists in Unkey", Reason.ALREADY_EXISTS
-        self.writer.failed(
-            [batch.hashes[i] for i in f_idx],
-            [batch.rows[i] for i in f_idx],
-            reason,
-            Stage.SEND,
-            detail,
-            request_id,
-        )
-        missing = [i for i in range(len(batch)) if i not in done]
-        if missing:
-            self.writer.failed(
-                [batch.hashes[i] for i in missing],
-                [batch.rows[i] for i in missing],
-                Reason.REJECTED_BY_API,
-                Stage.SEND,
-                "Unkey's answer listed this hash neither as migrated nor as failed",
-                request_id,
-            )
 
     def _send(self, batch: Batch) -> None:
         # ``_active`` went up when the batch was handed to the pool (see run()).
@@ -371,7 +201,7 @@ class MigrationEngine:
                     self.pacer.release(ticket)
                 self._leave()
                 if part.refused and ticket is None and not self._abort.is_set():
-                    self._out_of_time(part)
+                    self.answers.out_of_time(part)
                 else:
                     self._not_sent(part)
                 continue
@@ -401,7 +231,7 @@ class MigrationEngine:
                     part.refused += 1
                     part.maybe_committed = part.maybe_committed or lost
                     if time.monotonic() >= self._deadline:
-                        self._out_of_time(part)
+                        self.answers.out_of_time(part)
                     else:
                         stack.append(part)
                 elif action is Action.ABORT:
@@ -413,63 +243,23 @@ class MigrationEngine:
                     self._not_sent(part)
                 elif named:  # a 400 that names its keys: drop them, send the rest
                     assert isinstance(exc, UnkeyAPIError)
-                    self._reject(part, named, exc)
+                    self.answers.rejected(part, named, exc)
                     stack.append(part.without(named, lost))
                 elif action is Action.SPLIT:
                     stack.extend(reversed(part.halves(lost)))
                 elif action is Action.REJECT:
                     assert isinstance(exc, UnkeyAPIError)
-                    self._reject(part, {0}, exc)
+                    self.answers.rejected(part, {0}, exc)
                 else:
-                    self._give_up(part, exc)
+                    self.answers.gave_up(part, exc)
             else:
-                self._record(
+                self.answers.answered(
                     part,
                     result.migrated,
                     result.failed,
                     result.request_id,
                     result.unanswered_attempts or int(part.maybe_committed),
                 )
-
-    def _reject(self, batch: Batch, indexes: set[int], exc: UnkeyAPIError) -> None:
-        for i in sorted(indexes):
-            prefix = f"body.keys[{i}]"
-            own = [
-                e
-                for e in exc.errors
-                if e.location == prefix
-                or e.location.startswith(prefix + ".")
-                or e.location.startswith(prefix + "[")
-            ]
-            if own:
-                detail = "; ".join(
-                    f"{e.location.removeprefix(prefix).lstrip('.') or 'key'}: {e.message}" for e in own
-                )
-            else:
-                detail = f"Unkey answered {exc.status}: {exc.detail or exc.title}"
-            if batch.maybe_committed or exc.unanswered_attempts:
-                detail += _MAYBE_CREATED
-            self.writer.failed(
-                [batch.hashes[i]], [batch.rows[i]], Reason.REJECTED_BY_API, Stage.SEND, detail, exc.request_id
-            )
-
-    def _out_of_time(self, batch: Batch) -> None:
-        detail = (
-            f"the workspace rate limit refused its request {batch.refused} time(s) (429), and the run's"
-            f" time budget of {self.time_budget:g} s ran out before it could be sent again"
-        )
-        if batch.maybe_committed:
-            detail += _MAYBE_CREATED
-        self.writer.failed(batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, detail)
-
-    def _give_up(self, batch: Batch, exc: UnkeyError) -> None:
-        request_id = exc.request_id if isinstance(exc, UnkeyAPIError) else None
-        detail = f"retries exhausted after {exc.attempts} attempt(s): {exc}"
-        if exc.unanswered_attempts:
-            detail += f"; {exc.unanswered_attempts} attempt(s) got no response"
-        if exc.unanswered_attempts or batch.maybe_committed:
-            detail += _MAYBE_CREATED
-        self.writer.failed(batch.hashes, batch.rows, Reason.GAVE_UP, Stage.SEND, detail, request_id)
 
     # --- the run, in the calling thread ------------------------------------------------------------
     def run(self, batches: Iterable[Batch]) -> None:
