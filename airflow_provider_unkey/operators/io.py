@@ -21,8 +21,9 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, ObjectStoragePath
 
 from airflow_provider_unkey._compat import storage_conn_id
-from airflow_provider_unkey.migration.read import ParquetSource, SqlSource, partition
-from airflow_provider_unkey.migration.record.sinks import OUTPUT_FILES, SqlOutcomeSink, copy_outputs
+from airflow_provider_unkey.migration import read
+from airflow_provider_unkey.migration.read import ParquetSource, PartitionBy, SqlSource
+from airflow_provider_unkey.migration.record import OUTPUT_FILES, SqlOutcomeSink, copy_outputs
 
 PathLike = str | os.PathLike[str] | ObjectStoragePath
 _LOCAL_PROTOCOLS = ("", "file", "local")
@@ -189,7 +190,7 @@ def parquet_partitions(
     path_or_uri: PathLike | Sequence[PathLike],
     n: int,
     *,
-    by: partition.PartitionBy | Literal["hash"] = "auto",
+    by: PartitionBy | Literal["hash"] = "auto",
     hash_column: str = "hash",
     hash_format: str = "sha256_base64",
 ) -> list[dict[str, Any]]:
@@ -198,10 +199,10 @@ def parquet_partitions(
     :param path_or_uri: the source, as :func:`parquet_source` takes it.
     :param n: how many partitions at most.
     :param by: ``auto``, ``files`` or ``row_groups`` (see
-        :func:`~airflow_provider_unkey.migration.read.partition.parquet_partitions`): each task reads its
+        :func:`~airflow_provider_unkey.migration.read.parquet_partitions`): each task reads its
         share of the files; or ``hash``: each task reads the whole source and keeps the rows whose hash
         falls in its partition, so duplicates across files are caught (see
-        :func:`~airflow_provider_unkey.migration.read.partition.parquet_hash_partitions`).
+        :func:`~airflow_provider_unkey.migration.read.parquet_hash_partitions`).
     :param hash_column: with ``by="hash"``: the column that holds the hash.
     :param hash_format: with ``by="hash"``: what that column holds.
     :return: ``[{"parquet_path": ..., "partition": {"by": "row_groups", "row_groups": {...}}}, ...]``
@@ -213,8 +214,8 @@ def parquet_partitions(
     else:
         given = [_path_text(p) for p in path_or_uri]
     if by == "hash":
-        return partition.parquet_hash_partitions(given, n, hash_column=hash_column, hash_format=hash_format)
-    return partition.parquet_partitions(parquet_source(path_or_uri), n, parquet_path=given, by=by)
+        return read.parquet_hash_partitions(given, n, hash_column=hash_column, hash_format=hash_format)
+    return read.parquet_partitions(parquet_source(path_or_uri), n, parquet_path=given, by=by)
 
 
 def sql_partitions(
@@ -228,10 +229,10 @@ def sql_partitions(
     :param n: how many partitions at most.
     :param hash_format: ``sha256_base64``, ``sha256_hex`` or ``sha256_binary`` (a ``BYTEA`` or
         ``BINARY(32)`` column of raw digests: split by its first byte).
-    :return: ``[{"sql": ...}, ...]``; see :func:`~airflow_provider_unkey.migration.read.partition.sql_partitions`.
+    :return: ``[{"sql": ...}, ...]``; see :func:`~airflow_provider_unkey.migration.read.sql_partitions`.
     """
     dialect = _dialect(sql_hook(sql_conn_id))
-    return partition.sql_partitions(sql, hash_column, n, hash_format=hash_format, dialect=dialect)
+    return read.sql_partitions(sql, hash_column, n, hash_format=hash_format, dialect=dialect)
 
 
 #: Executors that run a task on the machine of the scheduler that queued it.

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pyarrow.parquet as pq
 
-from airflow_provider_unkey.migration.read import partition
+from airflow_provider_unkey.migration import read
 from airflow_provider_unkey.testing import Faults, UnkeyEmulator
 from tests import databases
 from tests.deployments import harness
@@ -87,7 +87,7 @@ def load(warehouse: str, source: Source) -> None:
 
 def partition_hashes(warehouse: str, source: Source) -> list[list[str]]:
     """The hashes of each partition, in map-index order: the partition helper's queries, run here."""
-    queries = partition.sql_partitions(source.sql, "hash", PARTITIONS, dialect="postgresql")
+    queries = read.sql_partitions(source.sql, "hash", PARTITIONS, dialect="postgresql")
     with psycopg.connect(warehouse) as conn:
         return [[str(h) for (h, _) in conn.execute(q["sql"]).fetchall()] for q in queries]
 
@@ -172,7 +172,7 @@ def check_mapped_run(setup: Setup, source: Source, run_id: str) -> dict[int, dic
     # The partitions the task made are the helper's queries, in the map indexes' order.
     made = deployment.xcom(source.dag_id, run_id, "partitions")
     assert [p["sql"] for p in made] == [
-        q["sql"] for q in partition.sql_partitions(source.sql, "hash", PARTITIONS, dialect="postgresql")
+        q["sql"] for q in read.sql_partitions(source.sql, "hash", PARTITIONS, dialect="postgresql")
     ]
     mapped = sorted((ti for ti in tis if ti["task_id"] == "migrate"), key=lambda ti: ti["map_index"])
     assert [ti["map_index"] for ti in mapped] == list(range(PARTITIONS))

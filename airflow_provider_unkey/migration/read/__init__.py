@@ -17,7 +17,7 @@ How SQL values become Arrow columns, and how the schema stays the same across ch
 
 The readers live in ``parquet`` and ``sql``, their shared :class:`SourceError` in ``errors``, and
 the partitions of a source between mapped tasks (by files, row groups or the hash's first
-characters) in ``partition``: :func:`parquet_partitions`, :func:`parquet_hash_partitions`,
+characters) in ``partition`` and ``hash_partition``: :func:`parquet_partitions`, :func:`parquet_hash_partitions`,
 :func:`sql_partitions`, checked by :func:`check_partition` and applied to a batch by
 :func:`hash_partition_mask`.
 """
@@ -25,6 +25,12 @@ characters) in ``partition``: :func:`parquet_partitions`, :func:`parquet_hash_pa
 from __future__ import annotations
 
 from airflow_provider_unkey.migration.read.errors import SourceError
+from airflow_provider_unkey.migration.read.hash_partition import (
+    hash_partition_mask,
+    parquet_hash_partitions,
+    quote_identifier,
+    sql_partitions,
+)
 from airflow_provider_unkey.migration.read.parquet import ParquetSource
 from airflow_provider_unkey.migration.read.partition import (
     PARQUET_PATH_KEY,
@@ -32,11 +38,7 @@ from airflow_provider_unkey.migration.read.partition import (
     SQL_KEY,
     PartitionBy,
     check_partition,
-    hash_partition_mask,
-    parquet_hash_partitions,
     parquet_partitions,
-    quote_identifier,
-    sql_partitions,
 )
 from airflow_provider_unkey.migration.read.sql import SchemaDriftError, SqlSource, driver_family
 

@@ -30,7 +30,7 @@ from airflow_provider_unkey.migration.prepare import hashes
 from airflow_provider_unkey.migration.prepare.mapping import resolve_mapping
 from airflow_provider_unkey.migration.prepare.preparer import KeyPreparer
 from airflow_provider_unkey.migration.read import ParquetSource, SqlSource
-from airflow_provider_unkey.migration.read.partition import (
+from airflow_provider_unkey.migration.read.hash_partition import (
     first_characters,
     hash_partition_mask,
     parquet_hash_partitions,

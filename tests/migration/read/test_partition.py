@@ -16,13 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_unkey.migration.read import ParquetSource, SqlSource
-from airflow_provider_unkey.migration.read.partition import (
-    check_partition,
+from airflow_provider_unkey.migration.read.hash_partition import (
     parquet_hash_partitions,
-    parquet_partitions,
     quote_identifier,
     sql_partitions,
 )
+from airflow_provider_unkey.migration.read.partition import check_partition, parquet_partitions
 from airflow_provider_unkey.operators import io
 from tests import databases
 from tests.databases import MYSQL_DRIVERS, MySqlDatabase, register_connection, sqlite_uri
@@ -351,7 +350,7 @@ def test_hash_partition_masks_cover_every_row_once(hash_format: str, n: int) -> 
 
     import pyarrow as pa
 
-    from airflow_provider_unkey.migration.read.partition import first_characters, hash_partition_mask
+    from airflow_provider_unkey.migration.read.hash_partition import first_characters, hash_partition_mask
 
     digests = [hashlib.sha256(str(i).encode()).digest() for i in range(500)]
     if hash_format == "sha256_base64":
