@@ -1,5 +1,5 @@
 """Unit tests of what the server rejects beyond the schema (:func:`rules.server_violations`). The
-schema side is in ``test_rules_differential.py``; hash formats in ``migration/test_hashes.py``.
+schema side is in ``test_rules_differential.py``; hash formats in ``migration/prepare/test_hashes.py``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ time: users do not have it. A differential test (``tests/test_rules_differential
 
 * :mod:`.fields` — the table of the key's fields (:data:`KEY_FIELD_TABLE`), which everything reads;
 * :mod:`.check` — the checks of a key or a body, schema and server, read from the table;
+* :mod:`.codegen` — compiles the table into the fast checks that :mod:`.check` runs;
 * :mod:`.formats` — hash formats and migration algorithms;
 * :mod:`.docs` — the field table of ``docs/api-rules.md``, generated from the table.
 

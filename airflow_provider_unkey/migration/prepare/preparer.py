@@ -17,7 +17,7 @@ with a detail naming the field. Everything about a field comes from the rules' f
 A row let through is a row the server accepts. The kernels mirror the rules field by field, which
 holds because the rules judge each mapped field on its own, and a rule across fields (a required
 member of ``credits`` or of its refill, a monthly refill's ``refillDay``) is read from the table where
-the object is assembled. ``tests/migration/test_prepare.py`` checks on random batches that the two
+the object is assembled. ``tests/migration/prepare/test_prepare.py`` checks on random batches that the two
 paths write the same keys and that every key let through passes the rules.
 """
 

@@ -31,7 +31,7 @@ OUTPUT_FILES = {
     "migrated": "migrated.parquet",
     "failed": "failed.parquet",
     "skipped": "skipped.parquet",
-    # The report (migration/report.py), when one was written.
+    # The report (migration/record/report.py), when one was written.
     "report": "report.md",
     "plot": "throughput.png",
 }
