@@ -9,6 +9,7 @@ parsing cannot leave them silently empty.
 from __future__ import annotations
 
 import html
+import importlib
 import importlib.util
 import os
 import re
@@ -46,7 +47,17 @@ EXPECTED = {
     "reference/hook": ["UnkeyHook", "unkey_conn_id", "test_connection", "migrate_keys", "UnkeyClient"],
     "reference/partitions": ["parquet_partitions", "sql_partitions", "hash_column", "hash_format"],
     "reference/errors": ["UnkeyAPIError", "UnkeyRateLimitError", "MigrationAborted", "not_sent"],
-    "reference/emulator": ["UnkeyEmulator", "rate_limit", "add_migration", "Faults", "error_rate"],
+    # The controls UnkeyEmulator inherits (testing/controls.py) included.
+    "reference/emulator": [
+        "UnkeyEmulator",
+        "rate_limit",
+        "add_migration",
+        "Faults",
+        "error_rate",
+        "set_rate_limit",
+        "set_production_traffic",
+        "reset_log",
+    ],
 }
 
 
@@ -105,3 +116,41 @@ def test_every_docs_page_is_built(site: Path) -> None:
         if not (site / ("" if p.stem == "index" else p.with_suffix("")) / "index.html").exists()
     ]
     assert not missing, f"pages not built: {missing}"
+
+
+PACKAGE = ROOT / "airflow_provider_unkey"
+STAGES = ("read", "prepare", "dedupe", "send", "ledger", "record")
+
+
+def test_the_architecture_page_draws_the_stages(site: Path) -> None:
+    """The stage diagram is a mermaid block the site renders, and names every stage package."""
+    body = (site / "architecture/index.html").read_text(encoding="utf-8")
+    diagrams = re.findall(r'<pre class="mermaid"><code>(.*?)</code></pre>', body, re.S)
+    stages = next((html.unescape(d) for d in diagrams if "subgraph wiring" in html.unescape(d)), None)
+    assert stages is not None, "no mermaid diagram of the stages on the architecture page"
+    for stage in STAGES:
+        assert f'subgraph {stage}["{stage}/"]' in stages, stage
+    assert 'engine["engine.py' in stages
+
+
+def test_the_architecture_page_lists_each_stage_as_it_is() -> None:
+    """Each stage's row names every module the stage has, and its door's offer exists."""
+    text = (ROOT / "docs/architecture.md").read_text(encoding="utf-8")
+    for stage in STAGES:
+        row = next(line for line in text.splitlines() if line.startswith(f"| `migration/{stage}/` |"))
+        _, offers, modules = row.removesuffix(" |").split(" | ")
+        on_disk = {p.name for p in (PACKAGE / "migration" / stage).glob("*.py") if p.name != "__init__.py"}
+        named = set(re.findall(r"`([a-z_]+\.py)`", modules))
+        assert named == on_disk, f"{stage}: the page names {sorted(named)}, the package has {sorted(on_disk)}"
+        door = importlib.import_module(f"airflow_provider_unkey.migration.{stage}")
+        offered = set(re.findall(r"`([A-Za-z_]+)`", offers))
+        assert offered <= set(door.__all__), f"{stage}: the door lacks {sorted(offered - set(door.__all__))}"
+
+
+def test_where_to_change_what_names_files_that_exist() -> None:
+    text = (ROOT / "docs/architecture.md").read_text(encoding="utf-8")
+    table = text[text.index("## Where to change what") :].split("\n\n")[1]
+    paths = set(re.findall(r"`((?:[a-z_]+/)*[a-z_]+(?:\.py|/))`", table))
+    assert paths, "no paths in the table"
+    missing = [p for p in sorted(paths) if not (PACKAGE / p).exists() and not (ROOT / p).exists()]
+    assert not missing, f"'where to change what' names paths that do not exist: {missing}"
