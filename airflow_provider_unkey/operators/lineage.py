@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.openlineage.facet import Dataset
     from airflow.providers.openlineage.extractors import OperatorLineage
 
+    from airflow_provider_unkey.operators.migrate_keys_task import MigrateKeysTask
+
     #: What the operator's lineage holds: datasets and facets of any kind.
     Lineage = OperatorLineage[Dataset, Any]
 
@@ -136,3 +138,31 @@ def migration_lineage(
         with contextlib.suppress(Exception):  # lineage never fails the task
             lineage.outputs.extend(table_datasets(io.sql_hook(output_conn_id), tables))
     return lineage
+
+
+def task_lineage(task: MigrateKeysTask, seen: Mapping[str, Any] | None, *, complete: bool) -> Lineage:
+    """The lineage of a ``MigrateKeysOperator`` task: on start, or with what its run saw (``complete``).
+
+    :param seen: what the run learned: the base URL, the outputs and the summary (``None`` before it).
+    """
+    from airflow_provider_unkey.hooks.unkey import UnkeyHook
+
+    seen = seen or {}
+    base_url = seen.get("base_url")
+    if base_url is None:
+        try:
+            conn = UnkeyHook.get_connection(task.unkey_conn_id)
+            base_url = UnkeyHook.base_url_from(conn.host, conn.schema, conn.port)
+        except Exception:  # no connection at hand: the lineage names no Unkey output
+            base_url = None
+    return migration_lineage(
+        parquet_path=task.parquet_path,
+        sql=task.sql,
+        sql_conn_id=task.sql_conn_id,
+        hook_params=task.hook_params,
+        base_url=None if task.validate_only else base_url,
+        api_id=str(task.api_id),
+        outputs=seen.get("outputs", {}) if complete else {},
+        output_conn_id=task.output_conn_id,
+        summary=seen.get("summary") if complete else None,
+    )

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from airflow.sdk import BaseOperator
 
-from airflow_provider_unkey._compat import AirflowException, AirflowFailException
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.migration.engine import (
     DEFAULT_BATCH_SIZE,
@@ -20,15 +17,9 @@ from airflow_provider_unkey.migration.engine import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_RATE_LIMIT_HEADROOM,
     UNKEY_RATE_LIMIT_WINDOW,
-    MigrationAborted,
     MigrationConfig,
     RunControl,
-    run_migration,
 )
-from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerWriter
-from airflow_provider_unkey.migration.prepare.hashes import wire_format
-from airflow_provider_unkey.migration.read.partition import check_partition
-from airflow_provider_unkey.migration.record.timeline import Timeline
 
 # _check_arguments is also imported from here (the tests check rendered arguments with it).
 from airflow_provider_unkey.operators.migrate_keys_args import (
@@ -37,18 +28,19 @@ from airflow_provider_unkey.operators.migrate_keys_args import (
     _check_arguments,
     _in_a_pool,
 )
-from airflow_provider_unkey.operators.migrate_keys_inputs import ledger_scope, only_my_partition
+from airflow_provider_unkey.operators.migrate_keys_inputs import open_ledger, read_source
 from airflow_provider_unkey.operators.migrate_keys_mapped import _mapped_partial
 from airflow_provider_unkey.operators.migrate_keys_outputs import (
-    check_ratios,
+    check_outcome,
     default_output_path,
+    log_done,
     push_frames,
-    push_summary,
-    save_partial_outputs,
-    task_label,
+    upload_outcomes,
     warn_if_worker_local,
+    write_outcome_tables,
     write_run_report,
 )
+from airflow_provider_unkey.operators.migrate_keys_run import log_start, migrate, release
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -260,19 +252,6 @@ class MigrateKeysOperator(BaseOperator):
         return _mapped_partial(super().partial(**kwargs), kwargs)
 
     # --- pieces ----------------------------------------------------------------------------------------
-    def _source(self, config: MigrationConfig) -> tuple[Iterable[pa.RecordBatch], int | None]:
-        from airflow_provider_unkey.operators import io
-
-        if self.parquet_path is not None:
-            spec = check_partition(self.partition)
-            if spec is not None and spec["by"] == "hash":
-                return only_my_partition(io.parquet_source(self.parquet_path), spec, config), None
-            row_groups = spec["row_groups"] if spec is not None else None
-            source = io.parquet_source(self.parquet_path, row_groups=row_groups)
-            return source, source.count_rows()
-        assert self.sql is not None and self.sql_conn_id is not None
-        return io.sql_source(self.sql, self.sql_conn_id, self.parameters, hook_params=self.hook_params), None
-
     def on_kill(self) -> None:
         """Stop sending; wait up to ``on_kill_timeout`` for requests in flight; flush the ledger."""
         control = self._control
@@ -326,181 +305,54 @@ class MigrateKeysOperator(BaseOperator):
 
     # --- the task --------------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any] | None:
-        from airflow_provider_unkey.operators import io
-
+        """Migrate this task's keys and record every outcome; the summary is the return value."""
         config = self._within_pool_slots(_check_arguments(self._arguments()))  # rendered by now
         config = self._within_time_budget(config)
-        output_path = self.output_path or default_output_path(self.dag_id, self.task_id, context)
-        ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
-        self._warn_if_worker_local(output_path, ledger_path)
+        output_path, ledger_path = self._output_locations(context)
         client = None
         if not config.dry_run:
             client = UnkeyHook(self.unkey_conn_id, pool_size=config.max_concurrency).client
-        source, total = self._source(config)
-        scope = ledger_scope(self.dag_id, self.task_id, context)
-        ledger_root, ledger_fs = io.ledger_location(ledger_path)
-        known = KnownHashes.load(ledger_root, scope, wire_format(config.algorithm), filesystem=ledger_fs)
-        ledger = None
-        if not config.dry_run:
-            ledger = LedgerWriter(
-                ledger_root,
-                scope,
-                migration_id=config.migration_id,
-                api_id=config.api_id,
-                filesystem=ledger_fs,
-                flush_interval=self.ledger_flush_interval,
-            )
+        source, total = read_source(self, config)
+        known, ledger = open_ledger(self, context, config, ledger_path)
         work_dir = Path(tempfile.mkdtemp(prefix="unkey-migrate-"))
-        self.log.info(
-            "Migrating keys into API %s with migration %s (%s hashes on the wire); outputs to %s%s",
-            config.api_id,
-            config.migration_id,
-            config.algorithm,
-            output_path,
-            " [dry run: nothing is sent]" if config.dry_run else "",
-        )
-        self.log.info(
-            "Ledger %s: %d hashes of earlier tries of this task to resume from, %d known from other runs"
-            " (not sent again)",
-            ledger_path,
-            known.mine_count,
-            known.others_count,
-        )
-        aborted: MigrationAborted | None = None
-        timeline = Timeline()
-        self._control = control = RunControl()
+        log_start(self.log, config, output_path, ledger_path, known)
+        self._control = control = RunControl()  # what on_kill stops the run with
         try:
-            try:
-                summary = run_migration(
-                    source,
-                    client,
-                    config,
-                    work_dir,
-                    total_rows=total,
-                    emit=self.log.info,
-                    ledger=ledger,
-                    known=known,
-                    control=control,
-                    timeline=timeline,
-                )
-            except MigrationAborted as exc:
-                if exc.summary is None:
-                    raise
-                aborted, summary = exc, exc.summary
-            except Exception:
-                # Whatever stopped the run, keep what it recorded: the ids of the keys it created are
-                # nowhere else (Unkey answers those hashes as existing from now on).
-                save_partial_outputs(self.log, work_dir, output_path)
-                raise
-            finally:
-                known.close()  # the index's spill files, if it had to spill
-            source_text = self.parquet_path if self.parquet_path is not None else f"SQL on {self.sql_conn_id}"
-            write_run_report(
-                self.log,
-                work_dir,
-                summary,
-                timeline,
-                config,
-                context,
-                output_path,
-                str(ledger_path),
-                dag_id=self.dag_id,
-                task_id=self.task_id,
-                source=source_text,
+            summary, timeline, aborted = migrate(
+                self.log, source, total, client, config, work_dir, output_path, known, ledger, control
             )
-            outputs = io.upload_outputs(work_dir, output_path)
-            summary.outputs = {**outputs, "ledger": str(ledger_path)}
-            if "report" in outputs:
-                self.log.info("The migration report: %s", outputs["report"])
-            if self.output_conn_id and self.output_table_prefix:
-                # One key per try: a retry's rows go beside the earlier try's, which may hold key ids
-                # that Unkey will not return again (it answers those hashes as already existing).
-                ti = context["ti"]
-                task_key = f"{task_label(self.task_id, ti)}#try{getattr(ti, 'try_number', 1)}"
-                tables = io.write_outcomes_to_sql(
-                    self.output_conn_id, self.output_table_prefix, context["run_id"], work_dir, task_key
-                )
-                summary.outputs.update(tables)
-            push_frames(
-                self.log,
-                context,
-                summary,
-                outputs,
-                work_dir,
-                do_xcom_push=self.do_xcom_push,
-                xcom_max_rows=self.xcom_max_rows,
-            )
+            write_run_report(self, context, config, summary, timeline, work_dir, output_path, ledger_path)
+            outputs = upload_outcomes(self.log, summary, work_dir, output_path, ledger_path)
+            summary.outputs.update(write_outcome_tables(self, context, work_dir))
+            push_frames(self, context, summary, outputs, work_dir)
         finally:
             self._control = None
-            if ledger is not None:
-                ledger.close()  # no-op after a run that ended; after a crash, flushes what it recorded
-            if client is not None:
-                client.close()
-            shutil.rmtree(work_dir, ignore_errors=True)
-
+            release(client, ledger, work_dir)
         result = summary.as_dict()
         self._lineage_seen = {
             "base_url": client.base_url if client is not None else None,
             "outputs": dict(summary.outputs),
             "summary": result,
         }
-        self.log.info(
-            "Done: %d rows, %d migrated, %d failed %s, %d skipped (known to the ledger)%s%s; %.0f keys/s"
-            " over %.1fs. Outputs: %s",
-            summary.total,
-            summary.migrated,
-            summary.failed,
-            summary.failed_by_reason,
-            summary.skipped,
-            f", {summary.resumed} resumed from earlier tries" if summary.resumed else "",
-            f", {summary.would_send} would be sent" if summary.dry_run else "",
-            summary.keys_per_second,
-            summary.duration_seconds,
-            summary.outputs,
-        )
-        if aborted is not None:
-            push_summary(context, result, do_xcom_push=self.do_xcom_push)
-            raise AirflowFailException(str(aborted))
-        if summary.stopped:
-            # on_kill: the outcomes and the ledger are saved; a retry resumes from the ledger.
-            raise AirflowException(
-                "the task was stopped before every row was sent; the outcomes recorded so far are in "
-                f"{summary.outputs.get('failed')} and the ledger {ledger_path}: a retry resumes from it"
-            )
-        check_ratios(
-            summary,
-            context,
-            result,
-            max_invalid_ratio=self.max_invalid_ratio,
-            max_failed_ratio=self.max_failed_ratio,
-            do_xcom_push=self.do_xcom_push,
-        )
+        log_done(self.log, summary)
+        check_outcome(self, context, summary, result, aborted, ledger_path)
         # The task runner pushes the return value only when do_xcom_push is on.
         return result if self.do_xcom_push else None
 
+    def _output_locations(self, context: Context) -> tuple[str, str]:
+        """Where the outputs and the ledger go (with a warning if only this worker would see them)."""
+        from airflow_provider_unkey.operators import io
+
+        output_path = self.output_path or default_output_path(self.dag_id, self.task_id, context)
+        ledger_path = self.ledger_path or io.join_path(output_path, "ledger")
+        self._warn_if_worker_local(output_path, ledger_path)
+        return output_path, ledger_path
+
     # --- OpenLineage (used when the OpenLineage provider is installed) ---------------------------------
     def _lineage(self, *, complete: bool) -> Lineage:
-        from airflow_provider_unkey.operators.lineage import migration_lineage
+        from airflow_provider_unkey.operators.lineage import task_lineage
 
-        seen = self._lineage_seen or {}
-        base_url = seen.get("base_url")
-        if base_url is None:
-            try:
-                conn = UnkeyHook.get_connection(self.unkey_conn_id)
-                base_url = UnkeyHook.base_url_from(conn.host, conn.schema, conn.port)
-            except Exception:  # no connection at hand: the lineage names no Unkey output
-                base_url = None
-        return migration_lineage(
-            parquet_path=self.parquet_path,
-            sql=self.sql,
-            sql_conn_id=self.sql_conn_id,
-            hook_params=self.hook_params,
-            base_url=None if self.validate_only else base_url,
-            api_id=str(self.api_id),
-            outputs=seen.get("outputs", {}) if complete else {},
-            output_conn_id=self.output_conn_id,
-            summary=seen.get("summary") if complete else None,
-        )
+        return task_lineage(self, self._lineage_seen, complete=complete)
 
     def get_openlineage_facets_on_start(self) -> Lineage:
         """OpenLineage: the source read and the Unkey API written (the provider's listener calls this)."""

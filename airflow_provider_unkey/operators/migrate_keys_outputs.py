@@ -1,8 +1,8 @@
-"""Where a ``MigrateKeysOperator`` run's outcomes go: the files and the report, XCom, and the ratio checks.
+"""Where a ``MigrateKeysOperator`` run's outcomes go: the files and the report, XCom, and the checks.
 
 The outcome files themselves are written by the migration (:mod:`airflow_provider_unkey.migration`);
-this module places them (``output_path``), reports on them, pushes them to XCom, and fails the task
-when too many rows failed.
+this module places them (``output_path``, the SQL tables), reports on them, pushes them to XCom, and
+fails the task when the run was aborted or stopped, or too many rows failed.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_unkey._compat import AirflowFailException
-from airflow_provider_unkey.migration.engine import MigrationConfig, MigrationSummary
+from airflow_provider_unkey._compat import AirflowException, AirflowFailException
+from airflow_provider_unkey.migration.engine import MigrationAborted, MigrationConfig, MigrationSummary
 from airflow_provider_unkey.migration.record.outcomes import Reason
 from airflow_provider_unkey.migration.record.report import write_report
 from airflow_provider_unkey.migration.record.sinks import OUTPUT_FILES
@@ -22,6 +22,8 @@ from airflow_provider_unkey.migration.record.timeline import Timeline
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import Logger
+
+    from airflow_provider_unkey.operators.migrate_keys_task import MigrateKeysTask
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
 
@@ -76,29 +78,23 @@ def warn_if_worker_local(log: Logger, task_executor: str | None, output_path: st
 
 
 def write_run_report(
-    log: Logger,
-    work_dir: Path,
+    task: MigrateKeysTask,
+    context: Context,
+    config: MigrationConfig,
     summary: MigrationSummary,
     timeline: Timeline,
-    config: MigrationConfig,
-    context: Context,
+    work_dir: Path,
     output_path: str,
     ledger_path: str,
-    *,
-    dag_id: str,
-    task_id: str,
-    source: str | list[str],
 ) -> None:
-    """Write ``report.md`` (and its plot) beside the outputs; a report that fails loses nothing.
-
-    :param source: what the run read: the ``parquet_path``, or ``SQL on <sql_conn_id>``.
-    """
+    """Write ``report.md`` (and its plot) beside the outputs; a report that fails loses nothing."""
     from airflow_provider_unkey.operators import io
 
     ti = context["ti"]
-    task = task_label(task_id, ti)
+    label = task_label(task.task_id, ti)
+    source = task.parquet_path if task.parquet_path is not None else f"SQL on {task.sql_conn_id}"
     facts = {
-        "task": f"{dag_id} / {context['run_id']} / {task}, try {getattr(ti, 'try_number', 1)}",
+        "task": f"{task.dag_id} / {context['run_id']} / {label}, try {getattr(ti, 'try_number', 1)}",
         "migration": f"{config.migration_id} ({config.algorithm}) into API {config.api_id}",
         "source": source if isinstance(source, str) else ", ".join(map(str, source)),
     }
@@ -114,7 +110,41 @@ def write_run_report(
     try:
         write_report(work_dir, summary, timeline, facts=facts, outputs=outputs)
     except Exception:
-        log.exception("The migration report could not be written; the outcomes are unaffected")
+        task.log.exception("The migration report could not be written; the outcomes are unaffected")
+
+
+def upload_outcomes(
+    log: Logger, summary: MigrationSummary, work_dir: Path, output_path: str, ledger_path: str
+) -> dict[str, str]:
+    """Upload the outcome files and the report to ``output_path``, and name them in ``summary.outputs``.
+
+    :return: the files uploaded, by name (``migrated``, ``failed``, ``report``, ...).
+    """
+    from airflow_provider_unkey.operators import io
+
+    outputs = io.upload_outputs(work_dir, output_path)
+    summary.outputs = {**outputs, "ledger": str(ledger_path)}
+    if "report" in outputs:
+        log.info("The migration report: %s", outputs["report"])
+    return outputs
+
+
+def write_outcome_tables(task: MigrateKeysTask, context: Context, work_dir: Path) -> dict[str, str]:
+    """Append the outcomes to the tables ``<prefix>_migrated`` and ``<prefix>_failed``, if any are set.
+
+    :return: the tables, as ``summary.outputs`` names them (``migrated_table``, ``failed_table``).
+    """
+    from airflow_provider_unkey.operators import io
+
+    if not (task.output_conn_id and task.output_table_prefix):
+        return {}
+    # One key per try: a retry's rows go beside the earlier try's, which may hold key ids
+    # that Unkey will not return again (it answers those hashes as already existing).
+    ti = context["ti"]
+    task_key = f"{task_label(task.task_id, ti)}#try{getattr(ti, 'try_number', 1)}"
+    return io.write_outcomes_to_sql(
+        task.output_conn_id, task.output_table_prefix, context["run_id"], work_dir, task_key
+    )
 
 
 def save_partial_outputs(log: Logger, work_dir: Path, output_path: str) -> None:
@@ -131,53 +161,62 @@ def save_partial_outputs(log: Logger, work_dir: Path, output_path: str) -> None:
     log.error("The run failed; the outcomes it recorded before failing are in %s", outputs)
 
 
-def push_summary(context: Context, result: dict[str, Any], *, do_xcom_push: bool) -> None:
+def log_done(log: Logger, summary: MigrationSummary) -> None:
+    """Log the run's counts, its speed, and where its outputs are."""
+    log.info(
+        "Done: %d rows, %d migrated, %d failed %s, %d skipped (known to the ledger)%s%s; %.0f keys/s"
+        " over %.1fs. Outputs: %s",
+        summary.total,
+        summary.migrated,
+        summary.failed,
+        summary.failed_by_reason,
+        summary.skipped,
+        f", {summary.resumed} resumed from earlier tries" if summary.resumed else "",
+        f", {summary.would_send} would be sent" if summary.dry_run else "",
+        summary.keys_per_second,
+        summary.duration_seconds,
+        summary.outputs,
+    )
+
+
+def push_summary(task: MigrateKeysTask, context: Context, result: dict[str, Any]) -> None:
     """Push a failed run's summary (a successful run returns it), unless ``do_xcom_push`` is off."""
-    if do_xcom_push:
+    if task.do_xcom_push:
         context["ti"].xcom_push(key="summary", value=result)
 
 
 def push_frames(
-    log: Logger,
+    task: MigrateKeysTask,
     context: Context,
     summary: MigrationSummary,
     outputs: dict[str, str],
     local_dir: Path,
-    *,
-    do_xcom_push: bool,
-    xcom_max_rows: int,
 ) -> None:
     """Push the ``migrated``/``failed``/``skipped`` frames to XCom, or their URIs above ``xcom_max_rows``."""
     import pyarrow.parquet as pq
 
-    if not do_xcom_push:
+    if not task.do_xcom_push:
         return
     ti = context["ti"]
     counts = {"migrated": summary.migrated, "failed": summary.failed, "skipped": summary.skipped}
     for name, rows in counts.items():
         if name not in outputs:
             continue  # skipped rows are listed only when asked for
-        if rows <= xcom_max_rows:
+        if rows <= task.xcom_max_rows:
             ti.xcom_push(key=name, value=pq.read_table(local_dir / f"{name}.parquet").to_pandas())
         else:
-            log.info(
+            task.log.info(
                 "%s has %d rows, over xcom_max_rows=%d: pushing its URI to XCom instead (%s)",
                 name,
                 rows,
-                xcom_max_rows,
+                task.xcom_max_rows,
                 outputs[name],
             )
             ti.xcom_push(key=name, value=outputs[name])
 
 
 def check_ratios(
-    summary: MigrationSummary,
-    context: Context,
-    result: dict[str, Any],
-    *,
-    max_invalid_ratio: float | None,
-    max_failed_ratio: float | None,
-    do_xcom_push: bool,
+    task: MigrateKeysTask, summary: MigrationSummary, context: Context, result: dict[str, Any]
 ) -> None:
     """Fail the task when more rows are invalid, or failed, than the ratios allow.
 
@@ -188,12 +227,40 @@ def check_ratios(
     invalid = summary.failed_by_reason.get(Reason.INVALID.value, 0) / summary.total
     failed = summary.failed / summary.total
     problems = []
-    if max_invalid_ratio is not None and invalid > max_invalid_ratio:
-        problems.append(f"{invalid:.2%} of rows are invalid, over max_invalid_ratio={max_invalid_ratio:.2%}")
-    if max_failed_ratio is not None and failed > max_failed_ratio:
-        problems.append(f"{failed:.2%} of rows failed, over max_failed_ratio={max_failed_ratio:.2%}")
+    if task.max_invalid_ratio is not None and invalid > task.max_invalid_ratio:
+        problems.append(
+            f"{invalid:.2%} of rows are invalid, over max_invalid_ratio={task.max_invalid_ratio:.2%}"
+        )
+    if task.max_failed_ratio is not None and failed > task.max_failed_ratio:
+        problems.append(f"{failed:.2%} of rows failed, over max_failed_ratio={task.max_failed_ratio:.2%}")
     if problems:
-        push_summary(context, result, do_xcom_push=do_xcom_push)
+        push_summary(task, context, result)
         raise AirflowFailException(
             "; ".join(problems) + f". The outcomes are in {summary.outputs.get('failed', 'failed.parquet')}"
         )
+
+
+def check_outcome(
+    task: MigrateKeysTask,
+    context: Context,
+    summary: MigrationSummary,
+    result: dict[str, Any],
+    aborted: MigrationAborted | None,
+    ledger_path: str,
+) -> None:
+    """Fail the task (its outputs written by now) if the run was aborted or stopped, or is over a ratio.
+
+    :param aborted: what aborted the run, if it was.
+    :raises AirflowFailException: when the run was aborted or is over a ratio (no retry).
+    :raises AirflowException: when ``on_kill`` stopped the run (a retry resumes from the ledger).
+    """
+    if aborted is not None:
+        push_summary(task, context, result)
+        raise AirflowFailException(str(aborted))
+    if summary.stopped:
+        # on_kill: the outcomes and the ledger are saved; a retry resumes from the ledger.
+        raise AirflowException(
+            "the task was stopped before every row was sent; the outcomes recorded so far are in "
+            f"{summary.outputs.get('failed')} and the ledger {ledger_path}: a retry resumes from it"
+        )
+    check_ratios(task, summary, context, result)
