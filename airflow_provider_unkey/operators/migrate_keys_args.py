@@ -14,7 +14,7 @@ from typing import Any
 from airflow.sdk.definitions._internal.mixins import ResolveMixin
 
 from airflow_provider_unkey.migration.engine import MigrationConfig
-from airflow_provider_unkey.migration.read.partition import check_partition
+from airflow_provider_unkey.migration.read import check_partition
 
 #: Stands in, when the DAG is parsed, for a templated argument that is not text yet (an XComArg): the
 #: rendered value is checked when the task runs.

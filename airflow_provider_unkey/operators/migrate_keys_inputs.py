@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from airflow_provider_unkey.migration.engine import MigrationConfig
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerScope, LedgerWriter
-from airflow_provider_unkey.migration.prepare.hashes import wire_format
-from airflow_provider_unkey.migration.read.partition import check_partition
+from airflow_provider_unkey.migration.prepare import wire_format
+from airflow_provider_unkey.migration.read import check_partition, hash_partition_mask
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -45,8 +45,6 @@ def only_my_partition(
 
     :raises ValueError: when the source has no column of the name the partition gives the hashes.
     """
-    from airflow_provider_unkey.migration.read.partition import hash_partition_mask
-
     mapped = (config.column_mapping or {}).get("hash", "hash")
     column, index, count = spec.get("column", mapped), int(spec["index"]), int(spec["count"])
     hash_format = spec.get("hash_format", config.hash_format)

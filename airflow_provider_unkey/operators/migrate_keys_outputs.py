@@ -14,10 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_unkey._compat import AirflowException, AirflowFailException
 from airflow_provider_unkey.migration.engine import MigrationAborted, MigrationConfig, MigrationSummary
-from airflow_provider_unkey.migration.record.outcomes import Reason
-from airflow_provider_unkey.migration.record.report import write_report
-from airflow_provider_unkey.migration.record.sinks import OUTPUT_FILES
-from airflow_provider_unkey.migration.record.timeline import Timeline
+from airflow_provider_unkey.migration.record import OUTPUT_FILES, Reason, Timeline, write_report
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -21,7 +21,7 @@ from airflow_provider_unkey.migration.engine import (
     run_migration,
 )
 from airflow_provider_unkey.migration.ledger import KnownHashes, LedgerWriter
-from airflow_provider_unkey.migration.record.timeline import Timeline
+from airflow_provider_unkey.migration.record import Timeline
 from airflow_provider_unkey.operators.migrate_keys_outputs import save_partial_outputs
 
 if TYPE_CHECKING:
