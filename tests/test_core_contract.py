@@ -15,6 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "airflow_provider_unkey"
 CORE = [
     *sorted((PACKAGE / "rules").glob("*.py")),
+    PACKAGE / "arrow_memory.py",
     PACKAGE / "client.py",
     PACKAGE / "base_url.py",
     PACKAGE / "proxies.py",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from airflow_provider_unkey.arrow_memory import returning_arrow_memory
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.exceptions import UnkeyError
 from airflow_provider_unkey.migration.config import MigrationConfig
@@ -104,6 +105,7 @@ def _emit_resumed(writer: OutcomeWriter, fresh: PreparedRows, mine: np.ndarray, 
             )
 
 
+@returning_arrow_memory()  # freed Arrow memory goes back to the system (see arrow_memory)
 def run_migration(
     source: Iterable[pa.RecordBatch],
     client: UnkeyClient | None,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_unkey.arrow_memory import returning_arrow_memory
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
 from airflow_provider_unkey.migration.engine import (
     DEFAULT_BATCH_SIZE,
@@ -304,6 +305,7 @@ class MigrateKeysOperator(BaseOperator):
         warn_if_worker_local(self.log, getattr(self, "executor", None), output_path, ledger_path)
 
     # --- the task --------------------------------------------------------------------------------------
+    @returning_arrow_memory()  # the whole task: reading, outputs and XCom too (see arrow_memory)
     def execute(self, context: Context) -> dict[str, Any] | None:
         """Migrate this task's keys and record every outcome; the summary is the return value."""
         config = self._within_pool_slots(_check_arguments(self._arguments()))  # rendered by now
