@@ -14,7 +14,7 @@ at 200k, and at 1M at most 1.5x the baseline.
     python -m benchmarks.task_memory --sizes 200000 1000000 2000000 10000000
     python -m benchmarks.task_memory --sizes 1000000 --sources parquet --memray /tmp/memray
 
-With ``--memray DIR``, each run goes under ``memray run --native`` (``pip install memray``) and its
+With ``--memray DIR``, each run goes under ``memray run --native`` (``pip install -e '.[bench]'``) and its
 capture is left in DIR: ``memray flamegraph`` or ``memray table`` of it shows who held the memory at
 the peak. (memray's own bookkeeping adds to the RSS, so those runs' figures are not the benchmark's.)
 """
