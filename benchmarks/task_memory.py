@@ -53,6 +53,19 @@ def airflow_env(home: Path) -> dict[str, str]:
     }
 
 
+def airflow_home(home: Path) -> Path:
+    """A throwaway ``AIRFLOW_HOME`` with its metadata database made (outside any measured process)."""
+    home.mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=airflow_env(home),
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    return home
+
+
 @contextmanager
 def postgres_table(parquet: Path) -> Iterator[str]:
     """A fresh PostgreSQL database holding the Parquet file's rows as table ``keys``; yields its URI."""
@@ -125,15 +138,7 @@ def main() -> int:
 
     results: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "airflow"
-        home.mkdir()
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            env=airflow_env(home),
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+        home = airflow_home(Path(tmp) / "airflow")
         for source in args.sources:
             results[source] = {}
             for keys in [1, *args.sizes]:

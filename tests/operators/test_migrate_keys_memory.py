@@ -11,14 +11,12 @@ keys alone cost 1.45x what 200k did). A ratio, never a time: it holds on a busy 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks._common import parquet_input
-from benchmarks.task_memory import ROOT, airflow_env, run_task
+from benchmarks.task_memory import airflow_home, run_task
 
 #: peak(2M keys) / peak(200k keys): measured 1.33, and up to 40 MiB either way between runs.
 MAX_GROWTH = 1.45
@@ -26,15 +24,7 @@ MAX_GROWTH = 1.45
 
 @pytest.mark.timeout(1800)
 def test_ten_times_the_keys_cost_the_task_little_more_memory(tmp_path: Path) -> None:
-    home = tmp_path / "airflow"
-    home.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=airflow_env(home),
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-    )
+    home = airflow_home(tmp_path / "airflow")
     peaks = {}
     for keys in (200_000, 2_000_000):
         parquet = parquet_input(keys, "hash", tmp_path / "inputs")
