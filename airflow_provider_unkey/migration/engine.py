@@ -16,7 +16,9 @@ settings of a :class:`MigrationConfig`, through the stages of the pipeline, each
 * ``send``: :class:`Batcher` and :class:`MigrationEngine` post the keys at the pace the server and the
   workspace rate limit (:class:`RatePacer`) allow; :data:`ACTIONS` says what a failed request means;
 * ``record``: :class:`~airflow_provider_unkey.migration.record.OutcomeWriter` writes every row's one
-  outcome; :class:`Progress` and :class:`MigrationSummary` report the run.
+  outcome; :class:`Progress` and :class:`MigrationSummary` report the run, and a
+  :class:`ProgressListener` is handed a :class:`ProgressSnapshot` (with the sender's
+  :class:`SendingState`) at every progress line and when the run ends.
 
 :mod:`~airflow_provider_unkey.migration.config` holds :class:`MigrationConfig`, and
 :mod:`~airflow_provider_unkey.migration.run` holds :func:`run_migration`, :class:`RunControl` and
@@ -27,7 +29,13 @@ module gathers the names a caller needs.
 from __future__ import annotations
 
 from airflow_provider_unkey.migration.config import MigrationConfig
-from airflow_provider_unkey.migration.record import MigrationSummary, Progress
+from airflow_provider_unkey.migration.record import (
+    MigrationSummary,
+    Progress,
+    ProgressListener,
+    ProgressSnapshot,
+    SendingState,
+)
 from airflow_provider_unkey.migration.run import InvariantError, RunControl, run_migration
 from airflow_provider_unkey.migration.send import (
     ACTIONS,
@@ -63,8 +71,11 @@ __all__ = [
     "MigrationEngine",
     "MigrationSummary",
     "Progress",
+    "ProgressListener",
+    "ProgressSnapshot",
     "RatePacer",
     "RunControl",
+    "SendingState",
     "classify",
     "run_migration",
 ]

@@ -28,7 +28,9 @@ from airflow_provider_unkey.migration.record import (
     MigrationSummary,
     OutcomeWriter,
     Progress,
+    ProgressListener,
     Reason,
+    SendingState,
     Stage,
     Timeline,
 )
@@ -68,6 +70,22 @@ class RunControl:
             flusher.join(max(deadline - time.monotonic(), 1.0))
             idle = idle and not flusher.is_alive()
         return idle
+
+
+def _sending_state(engine: MigrationEngine) -> SendingState:
+    """The engine's numbers, for the progress snapshots."""
+    controls = engine.state()
+    return SendingState(
+        requests=engine.requests,
+        splits=engine.splits,
+        rate_limited=engine.pacer.refused,
+        in_flight=controls["in_flight"],
+        concurrency_limit=controls["limit"],
+        max_concurrency=engine.max_concurrency,
+        batch_size=controls["batch_size"],
+        rate_limit_share=engine.pacer.share(),
+        rate_limit_waited_seconds=engine.pacer.waited,
+    )
 
 
 def _emit_resumed(writer: OutcomeWriter, fresh: PreparedRows, mine: np.ndarray, known: KnownHashes) -> None:
@@ -118,6 +136,7 @@ def run_migration(
     known: KnownHashes | None = None,
     control: RunControl | None = None,
     timeline: Timeline | None = None,
+    listeners: Iterable[ProgressListener] = (),
 ) -> MigrationSummary:
     """Migrate every row of ``source``; write ``migrated.parquet`` and ``failed.parquet`` to ``output_dir``.
 
@@ -135,6 +154,10 @@ def run_migration(
         as existing are skipped. Invalid and duplicate rows are judged afresh either way.
     :param control: lets another thread stop the run (:meth:`RunControl.stop`).
     :param timeline: filled with samples of the run's progress and controls, for the report.
+    :param listeners: each is handed a
+        :class:`~airflow_provider_unkey.migration.record.ProgressSnapshot` at every progress line and
+        once when the run ends, fails or is stopped (metrics, for one); what one raises is logged and
+        ignored.
     :raises MigrationAborted: on 401, 403 or 404, after the outputs are written.
     :raises InvariantError: if rows and outcomes do not reconcile.
     :raises ValueError: if there is no client and ``config.dry_run`` is not set.
@@ -147,7 +170,7 @@ def run_migration(
     dedupe = DigestSet()
     batcher = Batcher(config.migration_id, config.api_id, config.batch_size, config.max_request_bytes)
     state: dict[str, Any] = {"rows": 0, "prepare": 0.0, "preparer": None, "would_send": 0, "batches": 0}
-    progress = Progress(writer, total_rows, config.progress_interval, emit, timeline)
+    progress = Progress(writer, total_rows, config.progress_interval, emit, timeline, listeners)
     control = control or RunControl()
     control.ledger = ledger
     abort = control.stop_event
@@ -247,6 +270,7 @@ def run_migration(
                 time_budget=config.time_budget,
             )
             control.engine = engine
+            progress.sending = lambda: _sending_state(engine)
             try:
                 engine.run(batches())
             except MigrationAborted as exc:
@@ -254,9 +278,11 @@ def run_migration(
             state["batches"], requests = engine.batches, engine.requests
             throttle = engine.throttle_summary()
     finally:
-        writer.close()
-        dedupe.close()  # its spill files, if it had to spill
-    progress.maybe_log(force=True)
+        try:
+            writer.close()
+            dedupe.close()  # its spill files, if it had to spill
+        finally:
+            progress.finish()  # the last line and snapshot, however the run ended
     duration = time.monotonic() - started
     summary = MigrationSummary(
         total=state["rows"],
