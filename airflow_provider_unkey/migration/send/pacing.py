@@ -279,6 +279,11 @@ class RatePacer:
         """Whether a request is waiting for the pace now."""
         return self._holding > 0
 
+    def would_wait(self) -> bool:
+        """Whether a request asking now would have to wait for the pace (nothing is taken)."""
+        with self._lock:
+            return self._delay(self._clock())[0] > 0
+
     def acquire(self, stop: threading.Event, deadline: float = math.inf) -> Ticket | None:
         """Wait until the next request may go.
 

@@ -131,6 +131,8 @@ class MigrationEngine(ThroughputControls):
         self.resumed_try = resumed_try
         self.requests = 0
         self.batches = 0
+        #: Batches (or parts) split in two after an answer that blamed one of their keys or the timeout.
+        self.splits = 0
         self._abort = abort_event or threading.Event()
         self._fatal: UnkeyAPIError | None = None
         self._lock = threading.Lock()
@@ -158,6 +160,7 @@ class MigrationEngine(ThroughputControls):
         self._gate = threading.Condition()
         self._waited_at_last_grow = 0.0
         self._last_grow_check = 0.0
+        self._unticketed = 0  # batches handed to the pool that wait for a place or the pace
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no batch is being sent (at most ``timeout`` seconds); say whether that happened."""
@@ -178,10 +181,12 @@ class MigrationEngine(ThroughputControls):
         self.writer.failed(batch.hashes, batch.rows, Reason.NOT_SENT, Stage.SEND, reason)
 
     def _send(self, batch: Batch) -> None:
-        # ``_active`` went up when the batch was handed to the pool (see run()).
+        # ``_active`` and ``_unticketed`` went up when the batch was handed to the pool (see run()).
+        self._local.unticketed = True
         try:
             self._send_parts(batch)
         finally:
+            self._ticketed()
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
@@ -196,6 +201,7 @@ class MigrationEngine(ThroughputControls):
                 self._not_sent(part)
                 continue
             ticket = self.pacer.acquire(self._abort, self._deadline)
+            self._ticketed()
             if ticket is None or self._abort.is_set():  # the run stopped (or its time ran out) meanwhile
                 if ticket is not None:
                     self.pacer.release(ticket)
@@ -246,6 +252,8 @@ class MigrationEngine(ThroughputControls):
                     self.answers.rejected(part, named, exc)
                     stack.append(part.without(named, lost))
                 elif action is Action.SPLIT:
+                    with self._lock:
+                        self.splits += 1
                     stack.extend(reversed(part.halves(lost)))
                 elif action is Action.REJECT:
                     assert isinstance(exc, UnkeyAPIError)
@@ -282,10 +290,14 @@ class MigrationEngine(ThroughputControls):
         def room() -> int:
             # Twice the concurrency: while the main thread prepares the next record batch, workers
             # that finish a request find a batch waiting (the gate in _enter holds the rest back).
-            # But while the rate limit is unknown or holds the run back, requests are the scarce
-            # thing: a batch built now would wait with today's size, one built later carries more.
-            if not self.pacer.known or self.pacer.holding:
+            # But while the rate limit is unknown, or under one, requests are the scarce thing: a
+            # batch built now would wait with today's size, one built later carries more.
+            if not self.pacer.known:
                 return 2
+            if self.pacer.limited:
+                # At most two batches wait for a place or the pace at once: counted rather than
+                # inferred from the pace's state, which a busy machine lets the main thread misread.
+                return min(2 * self.concurrency(), len(in_flight) - self._unticketed + 2)
             return 2 * self.concurrency()
 
         def reap(pending: set[Future[None]]) -> set[Future[None]]:
@@ -311,7 +323,10 @@ class MigrationEngine(ThroughputControls):
                         self.batches += 1
                         with self._idle:
                             self._active += 1
+                        with self._gate:
+                            self._unticketed += 1
                         in_flight.add(pool.submit(self._send, batch))
+                        self._maybe_grow_batches()  # before the next batch is built
                         if self.progress:
                             self.progress.maybe_log()
                     while in_flight:

@@ -39,6 +39,7 @@ class ThroughputControls:
     _gate: threading.Condition
     _waited_at_last_grow: float
     _last_grow_check: float
+    _unticketed: int
 
     # --- what the answers teach ------------------------------------------------------------------------
     def _observe(self, attempt: Attempt) -> None:
@@ -69,11 +70,14 @@ class ThroughputControls:
         now = time.monotonic()
         if now - self._last_grow_check < _GROW_EVERY:
             return
-        self._last_grow_check = now
         waited = self.pacer.waited
-        binding = waited > self._waited_at_last_grow or self.pacer.holding
+        binding = waited > self._waited_at_last_grow or self.pacer.holding or self.pacer.would_wait()
         self._waited_at_last_grow = waited
-        if binding and self.sizer.grow():
+        if not binding:
+            return  # checked again at the next answer: the first batches are not built at the old size
+        # A second between doublings: the requests of the new size teach the sizer their latency.
+        self._last_grow_check = now
+        if self.sizer.grow():
             self.batcher.batch_size = self.sizer.size
             if self.limiter is not None:
                 self.limiter.forget_floor()
@@ -90,6 +94,13 @@ class ThroughputControls:
                 self._gate.wait(0.5)
             self._in_flight += 1
             return True
+
+    def _ticketed(self) -> None:
+        """The batch this worker thread sends no longer waits for a place or the pace (once a batch)."""
+        if getattr(self._local, "unticketed", False):
+            self._local.unticketed = False
+            with self._gate:
+                self._unticketed -= 1
 
     def _leave(self) -> None:
         with self._gate:
