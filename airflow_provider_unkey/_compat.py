@@ -3,6 +3,10 @@
 The provider imports from ``airflow.sdk``, Airflow 3's public surface for providers, and falls back
 here to what Airflow 3.1 had before ``airflow.sdk`` grew it in 3.2. Each fallback names the release
 that made it unnecessary: delete it when the floor in ``pyproject.toml`` reaches that release.
+
+``Stats`` is the metrics client Airflow configures from its ``[metrics]`` settings (StatsD, Datadog's
+DogStatsD or OpenTelemetry; one that drops everything when they are off): the provider never makes a
+client of its own.
 """
 
 from __future__ import annotations
@@ -18,10 +22,21 @@ except ImportError:  # Airflow 3.1: the very classes its task runner catches
         AirflowFailException,
     )
 
+try:  # airflow.sdk.observability.stats.Stats: Airflow 3.2 (3.3 deprecates airflow.stats, with a warning)
+    from airflow.sdk.observability.stats import Stats
+except ImportError:  # Airflow 3.1: the Stats that configures itself from [metrics] when first used
+    from airflow.stats import Stats  # type: ignore[no-redef,attr-defined]
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-__all__ = ["AirflowException", "AirflowFailException", "connection_form_widgets", "storage_conn_id"]
+__all__ = [
+    "AirflowException",
+    "AirflowFailException",
+    "Stats",
+    "connection_form_widgets",
+    "storage_conn_id",
+]
 
 
 def storage_conn_id(path: ObjectStoragePath) -> str | None:

@@ -1,7 +1,8 @@
 """One run of ``MigrateKeysOperator``'s migration: its first lines in the log, the run, and its release.
 
 The source and the ledger are opened by :mod:`~airflow_provider_unkey.operators.migrate_keys_inputs`;
-what becomes of the outcomes is :mod:`~airflow_provider_unkey.operators.migrate_keys_outputs`'s.
+what becomes of the outcomes is :mod:`~airflow_provider_unkey.operators.migrate_keys_outputs`'s. The
+run's metrics go through Airflow's ``Stats`` (:mod:`~airflow_provider_unkey.metrics`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from airflow_provider_unkey.metrics import MigrationMetrics
 from airflow_provider_unkey.migration.engine import (
     MigrationAborted,
     MigrationConfig,
@@ -63,7 +65,7 @@ def migrate(
     ledger: LedgerWriter | None,
     control: RunControl,
 ) -> tuple[MigrationSummary, Timeline, MigrationAborted | None]:
-    """Run the migration into ``work_dir``.
+    """Run the migration into ``work_dir``, its metrics to Airflow's ``Stats`` as it goes.
 
     :param output_path: where the outcomes recorded so far are saved when the run fails.
     :param control: what ``on_kill`` stops the run with.
@@ -72,19 +74,22 @@ def migrate(
     """
     aborted: MigrationAborted | None = None
     timeline = Timeline()
+    metrics = MigrationMetrics.for_current_task(config.migration_id, config.api_id)
     try:
-        summary = run_migration(
-            source,
-            client,
-            config,
-            work_dir,
-            total_rows=total,
-            emit=log.info,
-            ledger=ledger,
-            known=known,
-            control=control,
-            timeline=timeline,
-        )
+        with metrics.observing(client):
+            summary = run_migration(
+                source,
+                client,
+                config,
+                work_dir,
+                total_rows=total,
+                emit=log.info,
+                ledger=ledger,
+                known=known,
+                control=control,
+                timeline=timeline,
+                listeners=[metrics],
+            )
     except MigrationAborted as exc:
         if exc.summary is None:
             raise
