@@ -48,4 +48,14 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": CONN_FIELDS,
             }
         ],
+        # The button on a migration task instance: its API in Unkey's dashboard.
+        "extra-links": ["airflow_provider_unkey.links.UnkeyDashboardLink"],
+        # unkey://<host>/<api_id>: the API a migration's keys land in, as an Airflow asset.
+        "asset-uris": [
+            {
+                "schemes": ["unkey"],
+                "handler": "airflow_provider_unkey.assets.sanitize_uri",
+                "factory": "airflow_provider_unkey.assets.create_asset",
+            }
+        ],
     }

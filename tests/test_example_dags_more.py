@@ -47,6 +47,8 @@ def test_example_dags_parse() -> None:
         "example_unkey_parquet",
         "example_unkey_warehouse",
         "example_unkey_incremental",
+        "example_unkey_assets_migrate",
+        "example_unkey_assets_downstream",
     }
 
 

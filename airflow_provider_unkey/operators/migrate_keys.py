@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_unkey.arrow_memory import returning_arrow_memory
+from airflow_provider_unkey.assets import add_default_outlets, event_extra, record_asset_events
 from airflow_provider_unkey.hooks.unkey import UnkeyHook
+from airflow_provider_unkey.links import UnkeyDashboardLink, push_dashboard_url
 from airflow_provider_unkey.migration.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CONCURRENCY,
@@ -63,6 +65,11 @@ class MigrateKeysOperator(BaseOperator):
     mapping and formats, sending, and the outputs. ``BaseOperator``'s ``do_xcom_push=False`` pushes
     nothing to XCom (not the summary, not the frames or their URIs, not the summary of a failed run);
     the outputs and the ledger are written all the same.
+
+    A task declares its API's asset, ``unkey://api.unkey.com/<api_id>``, as an outlet when ``api_id``
+    is literal text and it is given no ``outlets``; a successful run puts its counts in the event's
+    ``extra`` of every ``unkey://`` outlet (:mod:`~airflow_provider_unkey.assets`). Its extra link opens
+    the API in Unkey's dashboard (:mod:`~airflow_provider_unkey.links`).
 
     :param parquet_path: a Parquet file, a directory (dataset), a glob, or a list of files; a local
         path or any ``ObjectStoragePath`` URI (``file://``, ``s3://conn_id@bucket/...``). Templated.
@@ -159,6 +166,7 @@ class MigrateKeysOperator(BaseOperator):
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql", "column_mapping": "json"}
     ui_color = "#e8f0fe"
+    operator_extra_links: tuple[UnkeyDashboardLink, ...] = (UnkeyDashboardLink(),)
 
     def __init__(
         self,
@@ -198,7 +206,10 @@ class MigrateKeysOperator(BaseOperator):
     ) -> None:
         if _in_a_pool(kwargs.get("pool")) and "pool_slots" not in kwargs:
             kwargs["pool_slots"] = max_concurrency
+        add_default_outlets(kwargs, api_id, validate_only)  # a mapped task's come from partial()
         super().__init__(**kwargs)
+        if not self.do_xcom_push:
+            self.operator_extra_links = ()  # its URL would be an XCom: no link, as no XCom
         self.migration_id = migration_id
         self.api_id = api_id
         self.unkey_conn_id = unkey_conn_id
@@ -250,6 +261,7 @@ class MigrateKeysOperator(BaseOperator):
         ``expand``/``expand_kwargs`` when they are, and a task in a pool takes ``max_concurrency``
         slots (the largest of the mapped values, when ``max_concurrency`` is mapped).
         """
+        add_default_outlets(kwargs, kwargs.get("api_id"), kwargs.get("validate_only", False))
         return _mapped_partial(super().partial(**kwargs), kwargs)
 
     # --- pieces ----------------------------------------------------------------------------------------
@@ -314,6 +326,7 @@ class MigrateKeysOperator(BaseOperator):
         client = None
         if not config.dry_run:
             client = UnkeyHook(self.unkey_conn_id, pool_size=config.max_concurrency).client
+            push_dashboard_url(self, context, self.unkey_conn_id, client.base_url, config.api_id)
         source, total = read_source(self, config)
         known, ledger = open_ledger(self, context, config, ledger_path)
         work_dir = Path(tempfile.mkdtemp(prefix="unkey-migrate-"))
@@ -331,13 +344,18 @@ class MigrateKeysOperator(BaseOperator):
             self._control = None
             release(client, ledger, work_dir)
         result = summary.as_dict()
+        base_url = client.base_url if client is not None else None
         self._lineage_seen = {
-            "base_url": client.base_url if client is not None else None,
+            "base_url": base_url,
             "outputs": dict(summary.outputs),
             "summary": result,
         }
         log_done(self.log, summary)
         check_outcome(self, context, summary, result, aborted, ledger_path)
+        extra = event_extra(
+            context, result, api_id=config.api_id, migration_id=config.migration_id, base_url=base_url
+        )
+        record_asset_events(self.log, self.outlets, context, extra)
         # The task runner pushes the return value only when do_xcom_push is on.
         return result if self.do_xcom_push else None
 
