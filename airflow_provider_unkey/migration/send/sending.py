@@ -45,7 +45,7 @@ from airflow_provider_unkey.migration.send.throughput import ThroughputControls
 
 #: The cap of requests in flight; the limiter finds the number below it (see docs/performance.md).
 DEFAULT_MAX_CONCURRENCY = 32
-#: The largest batch the sizer grows to under a rate limit (the byte cap still applies).
+#: The largest batch the sizer grows to (the byte cap still applies).
 MAX_ADAPTIVE_BATCH_SIZE = 50_000
 #: Statuses the engine sends again itself: the rate limit's 429 goes through the pacer, not the client.
 _WAIT_STATUSES = frozenset({429})
@@ -64,15 +64,16 @@ class MigrationEngine(ThroughputControls):
     How fast it sends is found as it goes (:mod:`~airflow_provider_unkey.migration.send.throttle`): a
     :class:`~airflow_provider_unkey.migration.send.throttle.ConcurrencyLimiter` decides how many requests to
     keep in flight, up to ``max_concurrency``; a :class:`~airflow_provider_unkey.migration.send.pacing.RatePacer`
-    keeps the whole workspace below its rate limit less ``rate_limit_headroom``; and under that limit a
-    :class:`~airflow_provider_unkey.migration.send.throttle.BatchSizer` lets requests carry more keys.
+    keeps the whole workspace below its rate limit less ``rate_limit_headroom``; and a
+    :class:`~airflow_provider_unkey.migration.send.throttle.BatchSizer` lets requests carry more keys
+    while that lowers the latency per key, and while the rate limit holds the run back.
 
     :param client: the Unkey client (its pool should hold ``max_concurrency`` connections).
     :param batcher: builds request bodies; under a rate limit the engine raises its ``batch_size``.
     :param writer: where outcomes go.
     :param max_concurrency: the most requests in flight at once (with ``adaptive``, a cap; without,
         the number).
-    :param adaptive: find the concurrency and, under a rate limit, the batch size; ``False`` keeps
+    :param adaptive: find the concurrency and the batch size; ``False`` keeps
         ``max_concurrency`` requests in flight and the batch size as configured. Pacing to the rate
         limit is always on.
     :param retry: the retry policy for batches (default: the client's).
@@ -254,6 +255,7 @@ class MigrationEngine(ThroughputControls):
                 elif action is Action.SPLIT:
                     with self._lock:
                         self.splits += 1
+                    self._on_split()
                     stack.extend(reversed(part.halves(lost)))
                 elif action is Action.REJECT:
                     assert isinstance(exc, UnkeyAPIError)

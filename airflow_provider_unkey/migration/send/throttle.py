@@ -11,10 +11,11 @@ its controls:
   quarter on a 408, 5xx or a request without an answer. ``max_concurrency`` is only its cap.
 * the workspace rate limit, which :class:`~airflow_provider_unkey.migration.send.pacing.RatePacer`
   keeps, apart from these;
-* :class:`BatchSizer` — keys per request. When the rate limit, not the server, is what holds the run
-  back, more keys per request is more keys per second: the batch doubles while the observed time per
-  key says a request still ends well inside the server's 60 s timeout, and halves when a request
-  comes near it.
+* :class:`BatchSizer` — keys per request. From the start it doubles the batch while the latency per
+  key falls (a latency mostly fixed per request makes bigger requests nearly free), and settles when it
+  no longer does. When the rate limit, not the server, is what holds the run back, more keys per
+  request is more keys per second: the batch doubles while the observed time per key says a request
+  still ends well inside the server's 60 s timeout. It halves when a request comes near it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ from airflow_provider_unkey.rules import SERVER_TIMEOUT_SECONDS
 INITIAL_CONCURRENCY = 8
 #: Every this many rounds, one round runs at half the limit to measure the floor afresh.
 PROBE_EVERY = 50
+#: Full answers at one batch size before the sizer judges its latency per key.
+SAMPLES = 8
+#: The share by which the latency per key must fall from one batch size to its double to keep growing.
+GAIN = 0.1
+#: Growth for the latency per key keeps a request at most this many seconds: a batch Unkey rejects as
+#: a whole is split and sent again, so a rejection costs about twice the batch's time.
+LATENCY_GROWTH_BUDGET = 1.0
 
 
 class ConcurrencyLimiter:
@@ -184,26 +192,56 @@ class ConcurrencyLimiter:
 
 
 class BatchSizer:
-    """Keys per request: grows while the rate limit binds and requests stay well inside the timeout.
+    """Keys per request, found with two reasons to grow and two to shrink.
+
+    * **While the latency per key falls** (from the start of a run): when a request's latency is
+      mostly fixed (the network, the server's per-request work), more keys in it cost little more
+      time, and fewer requests carry the same keys: less of the rate limit, less client work, fewer
+      requests in flight for the same keys/s. The size doubles after :data:`SAMPLES` full answers at
+      the current size while their median time per key fell by at least :data:`GAIN` from the size
+      before, and settles when it did not (back to the size before when it rose). Growth of this kind
+      keeps a request within ``latency_budget`` (a batch Unkey rejects as a whole is split and sent
+      again, so its cost grows with its size) and stops for good at the first split.
+    * **While the rate limit binds** (:meth:`grow`, called by the engine): requests are the scarce
+      thing, so the size doubles while a request stays within ``budget``, whatever the time per key.
+    * It halves on a 408 or a request near the server's timeout, never below an eighth of the
+      configured size. Every size respects ``maximum``; the byte cap still applies to each request.
 
     :param initial: the configured ``batch_size``; the size never falls below an eighth of it.
     :param maximum: the largest batch (the byte cap still applies to each request).
     :param budget: a request should take at most this long (a quarter of the server's 60 s timeout).
+    :param latency_budget: growth for the latency per key keeps a request at most this long.
+    :param explore: grow while the latency per key falls (``False``: only :meth:`grow`).
     """
 
-    def __init__(self, initial: int, maximum: int, budget: float = SERVER_TIMEOUT_SECONDS / 4) -> None:
+    def __init__(
+        self,
+        initial: int,
+        maximum: int,
+        budget: float = SERVER_TIMEOUT_SECONDS / 4,
+        *,
+        latency_budget: float = LATENCY_GROWTH_BUDGET,
+        explore: bool = True,
+    ) -> None:
         self.initial = initial
         self.minimum = max(1, initial // 8)
         self.maximum = max(initial, maximum)
         self.budget = budget
+        self.latency_budget = latency_budget
         self.size = initial
         self._per_key: float | None = None
         self._lock = threading.Lock()
+        self._exploring = explore
+        self._samples: list[float] = []  # seconds per key of full answers at the current size
+        self._before: tuple[int, float] | None = None  # the size before, and its median per key
+        #: Sizes the latency per key took the batch to, with their median seconds per key, in order.
+        self.explored: list[tuple[int, float]] = []
 
     def on_answer(self, seconds: float, keys: int, status: int | None) -> bool:
-        """Learn from an attempt; ``True`` when it shrank the size."""
+        """Learn from an attempt; ``True`` when the size changed."""
         with self._lock:
             if status == 408 or seconds > 2 * self.budget:
+                self._exploring = False
                 if self.size > self.minimum:
                     self.size = max(self.minimum, self.size // 2)
                     return True
@@ -211,7 +249,39 @@ class BatchSizer:
             if status == 200 and keys >= max(1, self.size // 2):
                 per_key = seconds / keys
                 self._per_key = per_key if self._per_key is None else 0.8 * self._per_key + 0.2 * per_key
+                # Only answers of the current size judge it: those of the size before are still
+                # arriving for a while after a doubling.
+                if self._exploring and keys > 3 * self.size // 4:
+                    self._samples.append(per_key)
+                    if len(self._samples) >= SAMPLES:
+                        return self._judge(statistics.median(self._samples))
             return False
+
+    def _judge(self, per_key: float) -> bool:
+        self._samples.clear()
+        self.explored.append((self.size, per_key))
+        before = self._before
+        if before is not None and per_key > (1 - GAIN) * before[1]:
+            self._exploring = False  # the fixed part no longer dominates: stay, or go back
+            if per_key > before[1]:
+                self.size = before[0]
+                return True
+            return False
+        bigger = min(self.maximum, self.size * 2)
+        if bigger <= self.size or per_key * bigger > min(self.latency_budget, self.budget):
+            self._exploring = False
+            return False
+        self._before = (self.size, per_key)
+        self.size = bigger
+        return True
+
+    def on_split(self) -> None:
+        """A batch was rejected as a whole and split: bigger batches would cost more such resends."""
+        with self._lock:
+            if self._exploring and self._before is not None:
+                self.size = self._before[0]
+            self._exploring = False
+            self._samples.clear()
 
     def grow(self) -> bool:
         """Double the size if a request of the new size should still end within the budget."""
@@ -222,4 +292,6 @@ class BatchSizer:
             if self._per_key * bigger > self.budget:
                 return False
             self.size = bigger
+            self._exploring = False  # the rate limit decides the size from now on
+            self._samples.clear()
             return True

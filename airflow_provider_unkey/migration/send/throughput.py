@@ -59,9 +59,20 @@ class ThroughputControls:
                 attempt.seconds, keys, attempt.status, full, attempt.ended - attempt.seconds
             )
         if self.sizer is not None and self.sizer.on_answer(attempt.seconds, keys, attempt.status):
+            self._set_batch_size()
+
+    def _on_split(self) -> None:
+        """A batch was split: the sizer stops growing for the latency per key (and may step back)."""
+        if self.sizer is not None:
+            self.sizer.on_split()
+            self._set_batch_size()
+
+    def _set_batch_size(self) -> None:
+        assert self.sizer is not None
+        if self.batcher.batch_size != self.sizer.size:
             self.batcher.batch_size = self.sizer.size
             if self.limiter is not None:
-                self.limiter.forget_floor()
+                self.limiter.forget_floor()  # latencies change with the size
 
     def _maybe_grow_batches(self) -> None:
         """Under a rate limit that holds the run back, put more keys in each request."""
@@ -78,9 +89,7 @@ class ThroughputControls:
         # A second between doublings: the requests of the new size teach the sizer their latency.
         self._last_grow_check = now
         if self.sizer.grow():
-            self.batcher.batch_size = self.sizer.size
-            if self.limiter is not None:
-                self.limiter.forget_floor()
+            self._set_batch_size()
 
     def _enter(self) -> bool:
         """Take a place under the concurrency limit, waiting for one; ``False`` (and no place) when the
