@@ -21,6 +21,7 @@ from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration.engine import (
     MigrationConfig,
     ProgressSnapshot,
+    RunControl,
     SendingState,
     run_migration,
 )
@@ -193,6 +194,37 @@ def test_a_run_that_fails_still_sends_its_final_snapshot(emu: UnkeyEmulator, tmp
     assert last.sending is not None and last.sending.requests == len(
         [r for r in emu.requests if r.path == "/v2/keys.migrateKeys"]
     )
+
+
+def test_a_run_stopped_from_another_thread_sends_its_final_snapshot(
+    emu: UnkeyEmulator, tmp_path: Path
+) -> None:
+    """As Airflow's on_kill stops it: the last snapshot holds what the summary of the stopped run does."""
+    control = RunControl()
+    stopped = threading.Event()
+
+    def stopping() -> Iterator[pa.RecordBatch]:
+        for i, batch in enumerate(source(20, 50)):
+            if i == 4:
+                threading.Thread(target=lambda: (control.stop(timeout=30), stopped.set())).start()
+                stopped.wait()
+            yield batch
+
+    snapshots: list[ProgressSnapshot] = []
+    with UnkeyClient(ROOT, emu.url, retry=FAST, pool_size=4) as client:
+        summary = run_migration(
+            stopping(),
+            client,
+            MigrationConfig(MIGRATION, API, batch_size=30, retry=FAST),
+            tmp_path,
+            control=control,
+            listeners=[snapshots.append],
+        )
+    assert summary.stopped and summary.failed_by_reason.get("not_sent")
+    last = snapshots[-1]
+    assert last.final and last.sending is not None
+    assert (last.migrated, dict(last.failed_by_reason)) == (summary.migrated, summary.failed_by_reason)
+    assert last.sending.requests == summary.requests
 
 
 def test_a_dry_run_has_no_sending_state(tmp_path: Path) -> None:
