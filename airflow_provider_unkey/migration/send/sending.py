@@ -293,10 +293,11 @@ class MigrationEngine(ThroughputControls):
             # Twice the concurrency: while the main thread prepares the next record batch, workers
             # that finish a request find a batch waiting (the gate in _enter holds the rest back).
             # But while the rate limit is unknown, or under one, requests are the scarce thing: a
-            # batch built now would wait with today's size, one built later carries more.
+            # batch built now would wait with today's size, one built later carries more. So too
+            # while the sizer still tries bigger batches: the next size applies at once.
             if not self.pacer.known:
                 return 2
-            if self.pacer.limited:
+            if self.pacer.limited or (self.sizer is not None and self.sizer.exploring):
                 # At most two batches wait for a place or the pace at once: counted rather than
                 # inferred from the pace's state, which a busy machine lets the main thread misread.
                 return min(2 * self.concurrency(), len(in_flight) - self._unticketed + 2)

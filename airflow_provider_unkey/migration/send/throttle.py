@@ -237,6 +237,11 @@ class BatchSizer:
         #: Sizes the latency per key took the batch to, with their median seconds per key, in order.
         self.explored: list[tuple[int, float]] = []
 
+    @property
+    def exploring(self) -> bool:
+        """Whether the size may still grow for the latency per key."""
+        return self._exploring
+
     def on_answer(self, seconds: float, keys: int, status: int | None) -> bool:
         """Learn from an attempt; ``True`` when the size changed."""
         with self._lock:
