@@ -14,7 +14,9 @@ Contenders (``docs/performance.md`` says how each is tuned):
 - ``limit``: pre-serialised 1,000-key bodies posted by 16, 32 and 64 threads: the best of the three;
 - ``engine``: ``run_migration`` with ``MigrationConfig`` defaults (only the ids given);
 - ``operator``: ``MigrateKeysOperator`` with its defaults, by ``dag.test()`` (benchmarks.operator_worker);
-- ``engine c=N``: the engine with ``max_concurrency`` fixed at N, for the concurrency sweep.
+- ``engine c=N``: the engine with ``max_concurrency`` fixed at N, for the concurrency sweep;
+- ``engine 1k``: the engine's defaults but batches that grow only for the rate limit, never for the
+  latency per key (the sizer's first lever off): what that lever adds, side by side.
 
 Contenders alternate within each repeat (the order rotates from one repeat to the next), so every
 ratio is measured side by side; every figure is the median over the repeats with its min and max.
@@ -29,9 +31,11 @@ and prints the tables. Exits 1 if any check failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import json
 import platform
 import shutil
@@ -40,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,7 @@ from airflow_provider_unkey.migration.engine import (
     run_migration,
 )
 from airflow_provider_unkey.migration.read import ParquetSource
+from airflow_provider_unkey.migration.send import throttle
 from benchmarks import peers
 from benchmarks._common import (
     API_ID,
@@ -71,6 +76,8 @@ REPO = Path(__file__).resolve().parent.parent
 LIMIT_THREADS = (16, 32, 64)
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
 PEERS = ("naive", "sdk", "dlt", "limit", "engine", "operator")
+#: Where a latency per request makes bigger batches pay: the engine with and without that lever.
+LEVER = (*PEERS, "engine 1k")
 
 
 @dataclass(frozen=True)
@@ -110,13 +117,13 @@ def scenarios(keys: int, headline: int, *, smoke: bool) -> list[Scenario]:
             "latency-50ms",
             "hash only, latency 50 ms",
             keys,
-            PEERS,
+            LEVER,
             latency=0.05,
             sweep=SWEEP,
             on_latency_plot=True,
         ),
         Scenario(
-            "latency-200ms", "hash only, latency 200 ms", keys, PEERS, latency=0.2, on_latency_plot=True
+            "latency-200ms", "hash only, latency 200 ms", keys, LEVER, latency=0.2, on_latency_plot=True
         ),
         Scenario("typical-0", "typical fields, latency 0", keys, PEERS, shape="typical"),
         Scenario("all-fields-0", "every field, latency 0", keys, ("limit", "engine"), shape="all"),
@@ -124,7 +131,7 @@ def scenarios(keys: int, headline: int, *, smoke: bool) -> list[Scenario]:
             "saturated",
             "saturated server: capacity 8, latency 50 ms",
             keys,
-            PEERS,
+            LEVER,
             latency=0.05,
             capacity=8,
             sweep=SWEEP,
@@ -187,6 +194,9 @@ class Contenders:
             return self.operator(url, path)
         if contender == "engine":
             return engine(url, path, None)
+        if contender == "engine 1k":
+            with batches_grown_only_for_the_rate_limit():
+                return engine(url, path, None)
         if contender.startswith("engine c="):
             return engine(url, path, int(contender.split("=")[1]))
         if contender == "engine x4":
@@ -208,6 +218,17 @@ class Contenders:
             "dag_test_cpu_seconds": answer["cpu_seconds"],
         }
         return run
+
+
+@contextlib.contextmanager
+def batches_grown_only_for_the_rate_limit() -> Iterator[None]:
+    """The engine's sizer without its growth for the latency per key (benchmark only)."""
+    original = throttle.BatchSizer.__init__
+    throttle.BatchSizer.__init__ = functools.partialmethod(original, explore=False)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        throttle.BatchSizer.__init__ = original  # type: ignore[method-assign]
 
 
 def engine(url: str, path: Path, max_concurrency: int | None) -> Run:

@@ -86,7 +86,7 @@ class MigrationConfig:
     :param algorithm: the migration's algorithm, ``sha256`` or the seam algorithm (alias ``seam``);
         kept under its canonical name (:func:`~airflow_provider_unkey.rules.canonical_algorithm`).
     :param list_delimiter: separates roles or permissions held in one text column.
-    :param batch_size: keys per request.
+    :param batch_size: keys per request (to start with, when ``adaptive``).
     :param max_request_bytes: bytes per request body, between :data:`MIN_REQUEST_BYTES` and Unkey's
         limit (:data:`~airflow_provider_unkey.rules.MAX_BODY_BYTES`).
     :param max_concurrency: the most requests in flight at once (with ``adaptive``, the cap).

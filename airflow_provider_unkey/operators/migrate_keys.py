@@ -100,8 +100,9 @@ class MigrateKeysOperator(BaseOperator):
     :param migration_id: the migration id Unkey support set up. Templated.
     :param api_id: the API the keys go to. Templated.
     :param unkey_conn_id: the ``unkey`` connection.
-    :param batch_size: keys per request; under a workspace rate limit that holds the run back, the
-        task raises it (up to ``max_request_bytes`` and a quarter of Unkey's 60 s timeout).
+    :param batch_size: keys per request to start with. The task doubles it while that lowers the
+        latency per key (a request within a second), and under a workspace rate limit that holds the
+        run back (up to ``max_request_bytes`` and a quarter of Unkey's 60 s timeout).
     :param max_request_bytes: bytes per request body, well below Unkey's 10 MiB.
     :param max_concurrency: the most requests in flight at once in this task. The task finds the
         right number below it from the latency and errors of the answers (``adaptive``), and paces
