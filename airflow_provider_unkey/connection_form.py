@@ -119,6 +119,13 @@ CONN_FIELDS: dict[str, Any] = {
         "description": f"Optional: the connection test then also checks that this API exists. Unkey's API "
         f"ids (api_...) are {GET_API_ID_MIN_LENGTH} to {ID_MAX_LENGTH} letters, digits and underscores.",
     },
+    "dashboard_url": {
+        "label": "Dashboard URL",
+        "schema": {"type": ["string", "null"], "pattern": r"^(https?://)?[^/\s:?#]+(:[0-9]+)?(/[^?#\s]*)?$"},
+        "description": "Optional: the workspace's dashboard as the browser shows it once signed in "
+        "(https://app.unkey.com/<workspace>). A migration task's 'Unkey dashboard' button then opens "
+        "its API; empty: the dashboard's home for Unkey's own base URL, no button for another.",
+    },
 }
 
 _TYPES: Final[dict[str, tuple[type, ...]]] = {

@@ -180,6 +180,11 @@ SAMPLE_EXTRAS = [
     {"proxy": 3128},
     {"ca_bundle": "/etc/ssl/ca.pem", "proxy": "http://proxy:3128"},
     {"max_retry_seconds": -1},
+    {"dashboard_url": "https://app.unkey.com/acme"},
+    {"dashboard_url": "app.unkey.com/acme"},
+    {"dashboard_url": "https://app.unkey.com/acme?tab=keys"},
+    {"dashboard_url": "ftp://app.unkey.com"},
+    {"dashboard_url": "not a url"},
 ]
 
 
