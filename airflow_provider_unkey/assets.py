@@ -43,7 +43,7 @@ __all__ = [
 SCHEME = "unkey"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 #: What a Jinja template starts with: an ``api_id`` holding one is known only once rendered.
-_TEMPLATE_MARKS = ("{{", "{%")
+_TEMPLATE_MARKS = ("{{", "{%", "{#")
 
 
 def _form(uri: str) -> str:

@@ -24,7 +24,6 @@ from airflow_provider_unkey.base_url import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
-    from airflow.sdk.types import Logger
 
 __all__ = ["DASHBOARD_URL", "XCOM_KEY", "UnkeyDashboardLink", "dashboard_url", "push_dashboard_url"]
 
@@ -73,29 +72,34 @@ def _dashboard_extra(extras: Mapping[str, Any]) -> str | None:
 
 
 def push_dashboard_url(
-    task: BaseOperator, context: Context, conn_id: str, base_url: str, api_id: str
-) -> str | None:
-    """Push the dashboard URL of ``api_id`` to XCom for :class:`UnkeyDashboardLink`, when there is one.
+    task: BaseOperator,
+    context: Context,
+    conn_id: str | None = None,
+    base_url: str | None = None,
+    api_id: str | None = None,
+) -> str:
+    """Push the URL of the task instance's :class:`UnkeyDashboardLink` to XCom, ``""`` when there is none.
 
-    Nothing is pushed with ``do_xcom_push=False``. A link never fails a task: a connection that cannot
-    be read leaves the link out, with a warning.
+    Called with the task alone as it starts, so that the XCom the link reads exists from then on (a
+    missing XCom is an error line in the task's log); then with the connection, the base URL the
+    client uses and the rendered ``api_id``. Nothing is pushed with ``do_xcom_push=False``. A link never
+    fails a task: a connection that cannot be read leaves the link empty, with a warning.
 
-    :return: the URL pushed, if any.
+    :return: the URL pushed (``""``: none).
     """
     if not task.do_xcom_push:
-        return None
-    log: Logger = task.log
-    try:
-        from airflow_provider_unkey.hooks.unkey import UnkeyHook
+        return ""
+    url = None
+    if conn_id is not None and base_url is not None and api_id is not None:
+        try:
+            from airflow_provider_unkey.hooks.unkey import UnkeyHook
 
-        extras = UnkeyHook.get_connection(conn_id).extra_dejson or {}
-        url = dashboard_url(base_url, api_id, _dashboard_extra(extras))
-        if url is not None:
-            context["ti"].xcom_push(key=XCOM_KEY, value=url)
-    except Exception:
-        log.warning("The link to Unkey's dashboard is left out", exc_info=True)
-        return None
-    return url
+            extras = UnkeyHook.get_connection(conn_id).extra_dejson or {}
+            url = dashboard_url(base_url, api_id, _dashboard_extra(extras))
+        except Exception:
+            task.log.warning("The link to Unkey's dashboard is left out", exc_info=True)
+    context["ti"].xcom_push(key=XCOM_KEY, value=url or "")
+    return url or ""
 
 
 class UnkeyDashboardLink(BaseOperatorLink):

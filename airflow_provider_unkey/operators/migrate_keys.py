@@ -321,6 +321,7 @@ class MigrateKeysOperator(BaseOperator):
     @returning_arrow_memory()  # the whole task: reading, outputs and XCom too (see arrow_memory)
     def execute(self, context: Context) -> dict[str, Any] | None:
         """Migrate this task's keys and record every outcome; the summary is the return value."""
+        push_dashboard_url(self, context)  # the link's XCom, empty until the connection is read
         config = self._within_pool_slots(_check_arguments(self._arguments()))  # rendered by now
         config = self._within_time_budget(config)
         output_path, ledger_path = self._output_locations(context)

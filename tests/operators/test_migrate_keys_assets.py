@@ -151,6 +151,7 @@ def test_a_literal_api_id_declares_its_asset() -> None:
     [
         pytest.param({"api_id": "{{ params.api_id }}"}, id="templated"),
         pytest.param({"api_id": "api_{% if true %}1{% endif %}"}, id="template-block"),
+        pytest.param({"api_id": "api_12345{# the API #}"}, id="template-comment"),
         pytest.param({"validate_only": True}, id="validate-only"),
         pytest.param({"outlets": []}, id="outlets-given-empty"),
         pytest.param({"default_args": {"outlets": []}}, id="outlets-in-default-args"),

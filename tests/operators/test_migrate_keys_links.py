@@ -198,21 +198,28 @@ def test_push_dashboard_url(
     monkeypatch.setenv("AIRFLOW_CONN_UNKEY_LINKS", json.dumps(conn))
     ti = _TI()
     pushed = push_dashboard_url(_operator(), {"ti": ti}, "unkey_links", host, "api_12345")  # type: ignore[typeddict-item]
-    assert pushed == expected
-    assert ti.pushed == ({XCOM_KEY: expected} if expected else {})
+    assert pushed == (expected or "")
+    # Empty when there is no dashboard: the XCom the link reads exists all the same.
+    assert ti.pushed == {XCOM_KEY: expected or ""}
+
+
+def test_as_the_task_starts_the_link_is_empty() -> None:
+    ti = _TI()
+    assert push_dashboard_url(_operator(), {"ti": ti}) == ""  # type: ignore[typeddict-item]
+    assert ti.pushed == {XCOM_KEY: ""}
 
 
 def test_push_dashboard_url_pushes_nothing_without_xcom(monkeypatch: pytest.MonkeyPatch) -> None:
     ti = _TI()
     op = _operator(do_xcom_push=False)
-    assert push_dashboard_url(op, {"ti": ti}, "unkey_links", "https://api.unkey.com", "api_1") is None  # type: ignore[typeddict-item]
+    assert push_dashboard_url(op, {"ti": ti}, "unkey_links", "https://api.unkey.com", "api_1") == ""  # type: ignore[typeddict-item]
     assert ti.pushed == {}
 
 
 def test_a_connection_that_cannot_be_read_leaves_the_link_out() -> None:
     ti = _TI()
     pushed = push_dashboard_url(_operator(), {"ti": ti}, "unkey_nowhere", "https://api.unkey.com", "api_1")  # type: ignore[typeddict-item]
-    assert pushed is None and ti.pushed == {}
+    assert pushed == "" and ti.pushed == {XCOM_KEY: ""}
 
 
 # --- a run, and the link of its finished task instance ---------------------------------------------------
