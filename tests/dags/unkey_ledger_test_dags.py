@@ -45,8 +45,8 @@ def scenario(dag_id: str, **operator_kwargs: Any) -> Any:
     return build()
 
 
-# Four requests in flight, a segment every 0.2 s: a kill lands with requests in flight and
-# outcomes not yet flushed.
-crash = scenario("unkey_l_crash", max_concurrency=4, ledger_flush_interval=0.2)
+# Four requests in flight of 25 keys each (not adaptive: the test counts the requests a run makes), a
+# segment every 0.2 s: a kill lands with requests in flight and outcomes not yet flushed.
+crash = scenario("unkey_l_crash", max_concurrency=4, adaptive=False, ledger_flush_interval=0.2)
 incremental = scenario("unkey_l_incremental", list_skipped=True)
 seam = scenario("unkey_l_seam", hash_format="sha256_hex", algorithm="seam")
