@@ -47,6 +47,8 @@ from airflow_provider_unkey.migration.send.throughput import ThroughputControls
 DEFAULT_MAX_CONCURRENCY = 32
 #: The largest batch the sizer grows to (the byte cap still applies).
 MAX_ADAPTIVE_BATCH_SIZE = 50_000
+#: Rounds at the concurrency cap near the latency floor before the sizer tries bigger batches again.
+REOPEN_AFTER_CAPPED_ROUNDS = 3
 #: Statuses the engine sends again itself: the rate limit's 429 goes through the pacer, not the client.
 _WAIT_STATUSES = frozenset({429})
 
@@ -162,6 +164,8 @@ class MigrationEngine(ThroughputControls):
         self._waited_at_last_grow = 0.0
         self._last_grow_check = 0.0
         self._unticketed = 0  # batches handed to the pool that wait for a place or the pace
+        self._capped_at_reopen = 0  # the limiter's capped rounds when the sizer was last reopened
+        self._reopen_after = REOPEN_AFTER_CAPPED_ROUNDS
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no batch is being sent (at most ``timeout`` seconds); say whether that happened."""

@@ -100,6 +100,8 @@ class ConcurrencyLimiter:
         self._lock = threading.Lock()
         #: The highest limit reached, for the summary.
         self.peak = self.limit
+        #: Rounds that ended near the latency floor with the limit at its cap: the cap binds.
+        self.capped_rounds = 0
 
     @property
     def limit(self) -> int:
@@ -163,6 +165,8 @@ class ConcurrencyLimiter:
         elif self._latencies and not self._cut_this_round:
             ratio = statistics.median(self._latencies) / self._floor
             gained = throughput >= 1.05 * self._before_increase
+            if ratio <= self.grow_below and self._limit >= self.maximum:
+                self.capped_rounds += 1  # it would grow, but the cap binds
             if ratio <= self.grow_below or (ratio <= self.shrink_above and gained):
                 # Near the floor, or queueing a little while the last increase still paid off.
                 self._before_increase = throughput
@@ -201,7 +205,9 @@ class BatchSizer:
       the current size while their median time per key fell by at least :data:`GAIN` from the size
       before, and settles when it did not (back to the size before when it rose). Growth of this kind
       keeps a request within ``latency_budget`` (a batch Unkey rejects as a whole is split and sent
-      again, so its cost grows with its size) and stops for good at the first split.
+      again, so its cost grows with its size) and stops for good at the first split. The engine
+      :meth:`reopens <reopen>` it when the concurrency cap binds: more keys per request is then the
+      way to more keys in flight.
     * **While the rate limit binds** (:meth:`grow`, called by the engine): requests are the scarce
       thing, so the size doubles while a request stays within ``budget``, whatever the time per key.
     * It halves on a 408 or a request near the server's timeout, never below an eighth of the
@@ -232,6 +238,7 @@ class BatchSizer:
         self._per_key: float | None = None
         self._lock = threading.Lock()
         self._exploring = explore
+        self._final = not explore  # a split, a timeout or the rate limit: never explore again
         self._samples: list[float] = []  # seconds per key of full answers at the current size
         self._before: tuple[int, float] | None = None  # the size before, and its median per key
         #: Sizes the latency per key took the batch to, with their median seconds per key, in order.
@@ -246,7 +253,7 @@ class BatchSizer:
         """Learn from an attempt; ``True`` when the size changed."""
         with self._lock:
             if status == 408 or seconds > 2 * self.budget:
-                self._exploring = False
+                self._exploring, self._final = False, True
                 if self.size > self.minimum:
                     self.size = max(self.minimum, self.size // 2)
                     return True
@@ -285,8 +292,19 @@ class BatchSizer:
         with self._lock:
             if self._exploring and self._before is not None:
                 self.size = self._before[0]
-            self._exploring = False
+            self._exploring, self._final = False, True
             self._samples.clear()
+
+    def reopen(self) -> bool:
+        """Try bigger batches again from the current size (the concurrency cap binds, so more keys per
+        request is the way to more keys in flight); ``False`` when it explores already, or may not."""
+        with self._lock:
+            if self._exploring or self._final or self.size >= self.maximum:
+                return False
+            self._exploring = True
+            self._before = None
+            self._samples.clear()
+            return True
 
     def grow(self) -> bool:
         """Double the size if a request of the new size should still end within the budget."""
@@ -297,6 +315,6 @@ class BatchSizer:
             if self._per_key * bigger > self.budget:
                 return False
             self.size = bigger
-            self._exploring = False  # the rate limit decides the size from now on
+            self._exploring, self._final = False, True  # the rate limit decides the size from now on
             self._samples.clear()
             return True

@@ -40,6 +40,8 @@ class ThroughputControls:
     _waited_at_last_grow: float
     _last_grow_check: float
     _unticketed: int
+    _capped_at_reopen: int
+    _reopen_after: int
 
     # --- what the answers teach ------------------------------------------------------------------------
     def _observe(self, attempt: Attempt) -> None:
@@ -60,6 +62,20 @@ class ThroughputControls:
             )
         if self.sizer is not None and self.sizer.on_answer(attempt.seconds, keys, attempt.status):
             self._set_batch_size()
+        self._maybe_reopen_sizer()
+
+    def _maybe_reopen_sizer(self) -> None:
+        """Where the concurrency cap binds (rounds near the latency floor at the cap), try bigger
+        batches again; each try doubles the capped rounds before the next."""
+        limiter, sizer = self.limiter, self.sizer
+        if limiter is None or sizer is None or self.pacer.limited:
+            return
+        with self._gate:
+            if limiter.capped_rounds - self._capped_at_reopen < self._reopen_after:
+                return
+            self._capped_at_reopen = limiter.capped_rounds
+            if sizer.reopen():
+                self._reopen_after *= 2
 
     def _on_split(self) -> None:
         """A batch was split: the sizer stops growing for the latency per key (and may step back)."""

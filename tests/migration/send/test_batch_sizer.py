@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -134,13 +135,14 @@ def migrate(emu: UnkeyEmulator, tmp_path: Path, keys: int, **settings: object) -
 
 
 def test_against_a_latency_fixed_per_request_the_engine_sends_bigger_batches(tmp_path: Path) -> None:
-    """100 ms a request whatever it carries: 250 keys a request at first, more once the time per key
-    shows that bigger requests cost nothing more. The first sizes are the configured one."""
+    """300 ms a request whatever it carries, far above the emulator's own work for 50 keys even on a
+    busy machine: 50 keys a request at first, more once the time per key shows that bigger requests
+    cost little more. The first sizes are the configured one."""
     with UnkeyEmulator.quick(ROOT, API, MIGRATION) as emu:
-        emu.set_faults(latency=0.1)
-        sizes = migrate(emu, tmp_path, 100_000, batch_size=250)
-    assert sizes[0] == 250
-    assert max(sizes) >= 1000, sizes
+        emu.set_faults(latency=0.3)
+        sizes = migrate(emu, tmp_path, 40_000, batch_size=50)
+    assert sizes[0] == 50
+    assert max(sizes) >= 200, sizes
 
 
 def test_against_a_latency_per_key_the_engine_keeps_its_batch_size(tmp_path: Path) -> None:
@@ -149,3 +151,63 @@ def test_against_a_latency_per_key_the_engine_keeps_its_batch_size(tmp_path: Pat
         emu.set_faults(latency_per_key=0.0002)
         sizes = migrate(emu, tmp_path, 12_000, batch_size=250)
     assert max(sizes) <= 500, sizes
+
+
+# --- where the concurrency cap binds ---------------------------------------------------------------------
+def test_the_limiter_counts_the_rounds_the_cap_binds() -> None:
+    from airflow_provider_unkey.migration.send.throttle import ConcurrencyLimiter
+
+    limiter = ConcurrencyLimiter(4, 4)
+    for _ in range(12):  # three rounds of four answers at the floor, at the cap
+        limiter.on_answer(0.05, 1000, 200, full=True)
+    assert limiter.limit == 4 and limiter.capped_rounds >= 2
+    below = ConcurrencyLimiter(2, 64)
+    for _ in range(12):
+        below.on_answer(0.05, 1000, 200, full=True)
+    assert below.capped_rounds == 0  # it grew instead
+
+
+def test_a_settled_sizer_reopens_from_its_size_and_grows_while_that_pays() -> None:
+    sizer = BatchSizer(1000, 50_000)
+    assert serve(sizer, fixed_plus_per_key(0.0, 5e-6)) == [1000, 2000]  # settled: nothing to gain
+    assert not sizer.exploring
+    assert sizer.reopen() and sizer.exploring
+    assert not sizer.reopen()  # once at a time
+    # The server changed: now its latency is mostly fixed. The reopened sizer grows from 2,000.
+    assert serve(sizer, fixed_plus_per_key(0.05, 20e-6)) == [2000, 4000, 8000, 16_000, 32_000]
+
+
+@pytest.mark.parametrize("stop", ["split", "timeout", "rate limit", "off"])
+def test_never_reopened_after_a_split_a_timeout_the_rate_limit_or_with_explore_off(stop: str) -> None:
+    sizer = BatchSizer(1000, 50_000, explore=stop != "off")
+    serve(sizer, fixed_plus_per_key(0.05, 1e-6), rounds=1)
+    if stop == "split":
+        sizer.on_split()
+    elif stop == "timeout":
+        sizer.on_answer(1.0, sizer.size, 408)
+    elif stop == "rate limit":
+        assert sizer.grow()
+    assert not sizer.reopen() and not sizer.exploring
+
+
+def test_the_engine_reopens_the_sizer_where_the_cap_binds_with_a_growing_wait() -> None:
+    from airflow_provider_unkey.migration.send.pacing import RatePacer
+    from airflow_provider_unkey.migration.send.sending import REOPEN_AFTER_CAPPED_ROUNDS
+    from airflow_provider_unkey.migration.send.throttle import ConcurrencyLimiter
+    from airflow_provider_unkey.migration.send.throughput import ThroughputControls
+
+    controls = ThroughputControls()
+    controls.limiter = ConcurrencyLimiter(4, 4)
+    controls.sizer = BatchSizer(1000, 50_000)
+    controls.pacer = RatePacer()
+    controls._gate = threading.Condition()
+    controls._capped_at_reopen, controls._reopen_after = 0, REOPEN_AFTER_CAPPED_ROUNDS
+    serve(controls.sizer, fixed_plus_per_key(0.0, 5e-6))  # settled at 2,000
+    reopened = []
+    for rounds in range(1, 40):
+        controls.limiter.capped_rounds = rounds
+        controls._maybe_reopen_sizer()
+        if controls.sizer.exploring:
+            reopened.append(rounds)
+            serve(controls.sizer, fixed_plus_per_key(0.0, 5e-6))  # nothing to gain: settles again
+    assert reopened == [3, 9, 21]  # after 3 capped rounds, then 6, then 12
