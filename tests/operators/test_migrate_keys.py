@@ -37,13 +37,6 @@ def b64(plaintext: str) -> str:
     return base64.b64encode(hashlib.sha256(plaintext.encode()).digest()).decode()
 
 
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    from airflow.utils import db
-
-    db.initdb()
-
-
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[UnkeyEmulator]:
     with UnkeyEmulator.quick(root_key=ROOT_KEY, api_id="api_test", migration_id="mig_test") as emu:

@@ -287,13 +287,6 @@ def test_every_unkey_outlet_gets_the_extra_and_a_mismatch_is_named(caplog: pytes
 
 
 # --- runs ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    from airflow.utils import db
-
-    db.initdb()
-
-
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[UnkeyEmulator]:
     with UnkeyEmulator.quick(root_key=ROOT_KEY, api_id="api_demo", migration_id="mig_demo") as emu:

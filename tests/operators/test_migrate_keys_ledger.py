@@ -36,13 +36,6 @@ def b64(i: int) -> str:
     return base64.b64encode(hashlib.sha256(f"sk_ledger_{i}".encode()).digest()).decode()
 
 
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    from airflow.utils import db
-
-    db.initdb()
-
-
 def emulator(monkeypatch: pytest.MonkeyPatch, algorithm: str = "sha256") -> Iterator[UnkeyEmulator]:
     with UnkeyEmulator.quick(
         root_key=ROOT_KEY, api_id=API, migration_id=MIGRATION, algorithm=algorithm

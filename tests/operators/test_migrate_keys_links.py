@@ -223,13 +223,6 @@ def test_a_connection_that_cannot_be_read_leaves_the_link_out() -> None:
 
 
 # --- a run, and the link of its finished task instance ---------------------------------------------------
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    from airflow.utils import db
-
-    db.initdb()
-
-
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[UnkeyEmulator]:
     with UnkeyEmulator.quick(root_key=ROOT_KEY, api_id="api_demo", migration_id="mig_demo") as emu:
