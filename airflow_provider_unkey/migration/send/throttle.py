@@ -109,10 +109,19 @@ class ConcurrencyLimiter:
         return max(self.minimum, min(self.maximum, int(self._limit)))
 
     def forget_floor(self) -> None:
-        """Start the latency floor afresh (the batch size changed, so latencies do too)."""
+        """Start the latency floor afresh (the batch size changed, so latencies do too).
+
+        The next round runs at half the limit, as a probe round does: a floor learnt at the full limit
+        would take in whatever queue a busy server already holds, and the limiter would grow into it.
+        """
         with self._lock:
             self._floor = math.inf
             self._latencies.clear()
+            self._answers = self._keys = 0
+            self._round_started = self._clock()
+            if self._probing is None and self._limit >= 2:
+                self._probing = self._limit
+                self._set(self._limit / 2)
 
     def on_answer(
         self, seconds: float, keys: int, status: int | None, full: bool, started: float | None = None

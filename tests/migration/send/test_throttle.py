@@ -143,3 +143,25 @@ def test_without_adaptive_the_engine_keeps_its_settings(tmp_path: Path) -> None:
     assert summary.throttle["final_concurrency"] == summary.throttle["peak_concurrency"] == 3
     assert summary.throttle["final_batch_size"] == 100
     assert summary.requests == 20
+
+
+def test_after_a_change_of_batch_size_the_floor_is_measured_at_half_the_limit() -> None:
+    """A server that serves 8 requests at once, 50 ms each, queues the rest. After the batch size
+    changed, a floor learnt at 16 in flight would be the queue's 100 ms, and the limiter would see no
+    queue; learnt at 8 (half the limit, one round), it is 50 ms, and 16 in flight read as a queue."""
+    clock = Clock()
+    limiter = ConcurrencyLimiter(16, 32, clock=clock)
+
+    def latency(in_flight: int) -> float:
+        return 0.05 * math.ceil(in_flight / 8)
+
+    limiter.forget_floor()
+    assert limiter.limit == 8  # the probe round
+    for _ in range(8):
+        clock.now += 0.01
+        limiter.on_answer(latency(limiter.limit), 1000, 200, full=True, started=clock.now)
+    assert limiter.limit == 16  # back to the limit it had
+    for _ in range(64):
+        clock.now += 0.01
+        limiter.on_answer(latency(limiter.limit), 1000, 200, full=True, started=clock.now)
+    assert limiter.limit < 16  # the queue was seen
