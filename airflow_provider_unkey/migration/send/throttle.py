@@ -37,6 +37,8 @@ PROBE_EVERY = 50
 SAMPLES = 8
 #: The share by which the latency per key must fall from one batch size to its double to keep growing.
 GAIN = 0.1
+#: A doubling that took the latency per key to at most this share of the size before: grow 4x next.
+STEEP = 0.6
 #: Growth for the latency per key keeps a request at most this many seconds: a batch Unkey rejects as
 #: a whole is split and sent again, so a rejection costs about twice the batch's time.
 LATENCY_GROWTH_BUDGET = 1.0
@@ -212,7 +214,8 @@ class BatchSizer:
       time, and fewer requests carry the same keys: less of the rate limit, less client work, fewer
       requests in flight for the same keys/s. The size doubles after :data:`SAMPLES` full answers at
       the current size while their median time per key fell by at least :data:`GAIN` from the size
-      before, and settles when it did not (back to the size before when it rose). Growth of this kind
+      before (four times when it fell to :data:`STEEP` of it or less), and settles when it did not
+      (back to the size before when it rose). Growth of this kind
       keeps a request within ``latency_budget`` (a batch Unkey rejects as a whole is split and sent
       again, so its cost grows with its size) and stops for good at the first split. The engine
       :meth:`reopens <reopen>` it when the concurrency cap binds: more keys per request is then the
@@ -288,7 +291,10 @@ class BatchSizer:
                 self.size = before[0]
                 return True
             return False
-        bigger = min(self.maximum, self.size * 2)
+        # Four times the size when doubling nearly halved the time per key (the fixed part dominates
+        # still): fewer rounds to the size that pays, and a step too far is undone at the next judgement.
+        steep = before is not None and per_key <= STEEP * before[1]
+        bigger = min(self.maximum, self.size * (4 if steep else 2))
         if bigger <= self.size or per_key * bigger > min(self.latency_budget, self.budget):
             self._exploring = False
             return False

@@ -16,7 +16,13 @@ import pytest
 from airflow_provider_unkey.client import UnkeyClient
 from airflow_provider_unkey.migration.config import MigrationConfig
 from airflow_provider_unkey.migration.run import run_migration
-from airflow_provider_unkey.migration.send.throttle import GAIN, LATENCY_GROWTH_BUDGET, SAMPLES, BatchSizer
+from airflow_provider_unkey.migration.send.throttle import (
+    GAIN,
+    LATENCY_GROWTH_BUDGET,
+    SAMPLES,
+    STEEP,
+    BatchSizer,
+)
 from airflow_provider_unkey.testing import UnkeyEmulator
 
 ROOT, API, MIGRATION = "unkey_root_sizer", "api_sizer", "mig_sizer"
@@ -78,7 +84,16 @@ def test_growth_for_the_latency_keeps_a_request_within_its_budget(fixed: float, 
 
 def test_never_past_the_maximum() -> None:
     sizer = BatchSizer(1000, 5000)
-    assert serve(sizer, fixed_plus_per_key(0.2, 1e-6)) == [1000, 2000, 4000, 5000]
+    assert serve(sizer, fixed_plus_per_key(0.2, 1e-6)) == [1000, 2000, 5000]
+
+
+def test_a_doubling_that_nearly_halves_the_time_per_key_quadruples_next() -> None:
+    """200 ms a request and 1 µs a key: from 1,000 to 2,000 keys the time per key fell to half
+    (at most ``STEEP`` of it), so the fixed part still dominates and the next step is 4x; at 50,000
+    (the maximum) it stops."""
+    sizer = BatchSizer(1000, 50_000)
+    assert serve(sizer, fixed_plus_per_key(0.2, 1e-6)) == [1000, 2000, 8000, 32_000, 50_000]
+    assert STEEP == 0.6
 
 
 def test_answers_of_the_size_before_do_not_judge_the_new_one() -> None:
@@ -94,7 +109,7 @@ def test_answers_of_the_size_before_do_not_judge_the_new_one() -> None:
 def test_a_split_steps_back_and_stops_growth_for_the_latency() -> None:
     sizer = BatchSizer(1000, 50_000)
     serve(sizer, fixed_plus_per_key(0.05, 1e-6), rounds=2)
-    assert sizer.size == 4000
+    assert sizer.size == 8000
     sizer.on_split()
     assert sizer.size == 2000
     assert serve(sizer, fixed_plus_per_key(0.05, 1e-6)) == [2000]
