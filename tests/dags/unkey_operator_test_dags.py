@@ -99,6 +99,10 @@ parquet_small_xcom = scenario(
 )
 parquet_ratio = scenario("unkey_t_parquet_ratio", parquet_path="{{ params.source }}", max_invalid_ratio=0.05)
 sqlite = scenario("unkey_t_sqlite", sql="{{ params.source }}", sql_conn_id="unkey_test_sqlite")
+# Batches of exactly batch_size (not adaptive): a test counts the keys a failing source leaves unsent.
+sqlite_fixed = scenario(
+    "unkey_t_sqlite_fixed", sql="{{ params.source }}", sql_conn_id="unkey_test_sqlite", adaptive=False
+)
 # The query from a .sql file, rendered as a template (it reads params.partitions).
 sqlite_file = scenario(
     "unkey_t_sqlite_file",

@@ -519,7 +519,7 @@ def test_a_source_failing_midway_keeps_the_key_ids_already_created(
         'SELECT key_hash AS "hash" FROM api_keys '
         "WHERE CASE WHEN id > 11000 THEN fail_once_the_first_chunk_is_in() ELSE 1 END ORDER BY id"
     )
-    state, _report, output = run_dag("unkey_t_sqlite", tmp_path, sql)
+    state, _report, output = run_dag("unkey_t_sqlite_fixed", tmp_path, sql)
     assert gate_opened.is_set()
     assert state == "failed"
     # Every full batch of the first chunk reached Unkey, and the outputs have the keyId of each.
