@@ -207,8 +207,17 @@ def test_the_root_key_is_masked_in_the_list_and_the_edit_form(
     browser: Any, airflow_ui: str, saved: dict[str, Any]
 ) -> None:
     pages.open_connections(browser, airflow_ui)
-    listed = [e for e in api_exchanges(browser, "/api/v2/connections") if e.method == "GET" and e.response]
-    assert listed and all(ROOT_KEY not in (e.response or "") for e in listed)
+    # The table may show before the browser logs the end of the list's request: wait for it.
+    listed: list[Any] = []
+    pages.wait(browser).until(
+        lambda d: (
+            listed.extend(
+                e for e in api_exchanges(d, "/api/v2/connections") if e.method == "GET" and e.response
+            )
+            or listed
+        )
+    )
+    assert all(ROOT_KEY not in (e.response or "") for e in listed)
     assert "unkey_ui_saved" in pages.row(browser, "unkey_ui_saved").text
     assert ROOT_KEY not in browser.page_source
     pages.row_button(browser, "unkey_ui_saved", "Edit Connection").click()
