@@ -14,10 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_unkey.testing import UnkeyEmulator
-from tests.operators.test_migrate_keys import ROOT_KEY, airflow_db, run_dag, simple_table
+from tests.operators.test_migrate_keys import ROOT_KEY, run_dag, simple_table
 
 pytestmark = pytest.mark.slow
-__all__ = ["airflow_db"]
 
 LIMIT, WINDOW = 30, 2.0
 #: A third of the limit, as requests a minute.
